@@ -34,3 +34,20 @@ def test_record_hash_depends_on_pixels_only():
     b = ImageRecord(Image.new("RGB", (2, 2), "red"), meta={"seed": 2})
     c = ImageRecord(Image.new("RGB", (2, 2), "blue"))
     assert a.sha256 == b.sha256 != c.sha256
+
+
+def test_extractor_registry_validates_names_and_ids_record_options():
+    import torch
+
+    from autolora.metrics.features import FeatureExtractor, get_extractor, register_extractor
+
+    @register_extractor("test:ones")
+    class Ones(FeatureExtractor):
+        def __call__(self, images):
+            return torch.ones(len(images), 3)
+
+    extractor = get_extractor("test:ones", size=4)
+    assert extractor.id == 'test:ones:{"size": 4}'
+    assert extractor([Image.new("RGB", (2, 2))] * 2).shape == (2, 3)
+    with pytest.raises(ConfigError, match="unknown feature extractor"):
+        get_extractor("missing")
