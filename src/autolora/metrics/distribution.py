@@ -92,7 +92,8 @@ class FrechetDistance(_ReferenceMetric):
         reference: Sequence[ImageRecord] | None = None,
         inputs: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        return [{"fd_dinov2": frechet_distance(self.features(records), self.reference_features(reference))}]
+        reference_features = self.reference_features(reference)
+        return [{"fd_dinov2": frechet_distance(self.features(records), reference_features)}]
 
 
 @register_metric("kid")
@@ -117,7 +118,6 @@ class KernelInceptionDistance(_ReferenceMetric):
         inputs: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         settings = {k: self.options[k] for k in self.own_options}
-        mean, std = kernel_inception_distance(
-            self.features(records), self.reference_features(reference), **settings
-        )
+        reference_features = self.reference_features(reference)
+        mean, std = kernel_inception_distance(self.features(records), reference_features, **settings)
         return [{"kid": mean, "kid_std": std}]

@@ -40,8 +40,9 @@ def vendi_score(features: torch.Tensor, q: float = 1.0) -> float:
     u = F.normalize(features.double(), dim=1)
     # K/n = U U^T / n and U^T U / n share their non-zero eigenvalues; decompose the smaller one.
     gram = u @ u.T if n <= u.shape[1] else u.T @ u
-    eigenvalues = torch.linalg.eigvalsh(gram / n).clamp(min=0)
-    eigenvalues = eigenvalues[eigenvalues > 0]
+    eigenvalues = torch.linalg.eigvalsh(gram / n)
+    # Round-off leaves ~1e-16 where the spectrum is 0; for q < 1 their powers would not vanish.
+    eigenvalues = eigenvalues[eigenvalues > 1e-12 * eigenvalues.max()]
     if math.isinf(q):
         return float(1 / eigenvalues.max())
     if q == 1:

@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +306,7 @@ def _recorded(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"autolora": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "autolora": __version__,
+        **{name: version(name) for name in ("torch", "transformers", "diffusers")},
+    }

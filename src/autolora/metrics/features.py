@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, CLIPModel
 
 from autolora.errors import ConfigError, InputFileError
 from autolora.metrics.cache import MetricsCache
@@ -118,8 +117,8 @@ def _check_size(name: str, value: int | None) -> None:
 class TransformersExtractor(FeatureExtractor):
     """A transformers vision model and its image processor, loaded on first use.
 
-    Loading is deferred so that an evaluation whose features are all cached never loads the
-    model. ``device`` and ``batch_size`` do not change the features, so they stay out of ``id``.
+    Loading (and importing transformers) is deferred so that an evaluation whose features are
+    all cached never loads the model. ``device`` and ``batch_size`` do not change the features, so they stay out of ``id``.
     """
 
     def __init__(self, recorded: dict[str, Any], device: str | None, batch_size: int) -> None:
@@ -133,6 +132,8 @@ class TransformersExtractor(FeatureExtractor):
     @functools.cached_property
     def loaded(self) -> tuple[torch.nn.Module, Any]:
         """The model (in eval mode on ``device``) and its image processor."""
+        from transformers import AutoImageProcessor
+
         model_id = self.options["model"]
         try:
             model = self.model_class().from_pretrained(model_id, dtype=getattr(torch, self.options["dtype"]))
@@ -143,6 +144,8 @@ class TransformersExtractor(FeatureExtractor):
 
     def model_class(self) -> Any:
         """The transformers class that loads the model."""
+        from transformers import AutoModel
+
         return AutoModel
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -222,11 +225,15 @@ class ClipExtractor(TransformersExtractor):
         super().__init__({"model": model, "dtype": dtype}, device, batch_size)
 
     def model_class(self) -> Any:
+        from transformers import CLIPModel
+
         return CLIPModel
 
     @functools.cached_property
     def tokenizer(self) -> Any:
         """The tokenizer saved with the model."""
+        from transformers import AutoTokenizer
+
         try:
             return AutoTokenizer.from_pretrained(self.options["model"])
         except OSError as error:
