@@ -70,6 +70,7 @@ class _ReferenceMetric(FeatureMetric):
     """A group-level metric that compares the group's features with the reference set's."""
 
     level = "group"
+    uses_reference = True
 
     def reference_features(self, reference: Sequence[ImageRecord] | None) -> torch.Tensor:
         if not reference:

@@ -156,13 +156,21 @@ def evaluate(
     if unknown:
         raise ConfigError(f"options given for unknown metrics: {', '.join(unknown)}")
     instances = _build_metrics(metrics, options)
+    for metric in instances.values():
+        if isinstance(metric, FeatureMetric) and metric.uses_reference and not reference:
+            raise ConfigError(
+                f"metric {metric.name!r} needs reference images (e.g. the LoRA's training images)"
+            )
     groups = _group(records, tuple(group_by))
     cache = MetricsCache(cache_dir)
-    for metric in instances.values():
-        if isinstance(metric, FeatureMetric):
-            metric.cache = cache
     try:
-        # 2. Image-level metrics over all images, then their per-group means and failure counts.
+        # 2. Features of all images at once (batches fill up better than per group), shared by the metrics.
+        for metric in instances.values():
+            if isinstance(metric, FeatureMetric):
+                metric.cache = cache
+                if metric.level == "group":
+                    metric.features([*records, *(reference if metric.uses_reference else ())])
+        # 3. Image-level metrics over all images, then their per-group means and failure counts.
         image_rows: list[dict[str, Any]] = [{} for _ in records]
         summaries: dict[str, list[dict[str, Any]]] = {}
         image_metrics = [m for m in instances.values() if m.level == "image"]
@@ -171,7 +179,7 @@ def evaluate(
             for target, row in zip(image_rows, rows, strict=True):
                 target.update(row)
             summaries[metric.name] = [_summarise([rows[i] for i in indices]) for indices in groups.values()]
-        # 3. Group-level metrics per group, fed the group's results of the metrics they require.
+        # 4. Group-level metrics per group, fed the group's results of the metrics they require.
         group_rows = []
         group_metrics = [m for m in instances.values() if m.level == "group"]
         for g, (key, indices) in enumerate(tqdm(groups.items(), desc="groups", disable=not progress)):
@@ -189,7 +197,7 @@ def evaluate(
             group_rows.append(row)
     finally:
         cache.close()
-    # 4. Tables and the configuration that produced them.
+    # 5. Tables and the configuration that produced them.
     per_image = pd.DataFrame(
         [
             {"sha256": r.sha256, "path": str(r.path) if r.path else None, **_group_values(r, group_by), **row}

@@ -85,6 +85,8 @@ class FeatureMetric(Metric):
     ``own_options`` configure it."""
 
     own_options: ClassVar[tuple[str, ...]] = ()
+    #: Whether ``compute`` compares with the reference images (whose features are then prefetched too).
+    uses_reference: ClassVar[bool] = False
 
     def __init__(self, extractor: str = "dinov2", **options: Any) -> None:
         super().__init__(extractor=extractor, **options)

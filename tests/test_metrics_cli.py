@@ -1,0 +1,82 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from autolora.cli import main
+from autolora.images import save_png
+from autolora.metrics import register_extractor
+from autolora.metrics.features import FeatureExtractor
+
+
+@register_extractor("test:cli-colour")
+class MeanColour(FeatureExtractor):
+    """Mean RGB of each image."""
+
+    def __call__(self, images):
+        return torch.tensor(
+            [[sum(c) / 16 for c in zip(*im.convert("RGB").getdata(), strict=True)] for im in images]
+        )
+
+
+@pytest.fixture
+def generated(tmp_path):
+    folder = tmp_path / "generated"
+    for i in range(6):
+        params = {"prompt": "a cat" if i < 3 else "a dog", "seed": i}
+        save_png(Image.new("RGB", (4, 4), (40 * i, 255 - 40 * i, 7 * i)), folder / f"{i:03d}.png", params)
+    return folder
+
+
+def test_eval_writes_per_image_and_per_group_results_and_prints_the_group_means(generated, tmp_path, capsys):
+    out = tmp_path / "results.csv"
+    argv = ["eval", str(generated), "--metrics", "diversity,vendi", "--extractor", "test:cli-colour"]
+    status = main([*argv, "--out", str(out), "--cache", str(tmp_path / "cache"), "--option", "vendi.q=2"])
+    assert status == 0
+    per_image, per_group = pd.read_csv(out), pd.read_csv(tmp_path / "results.groups.csv")
+    assert per_image["path"].tolist() == [str(generated / f"{i:03d}.png") for i in range(6)]
+    assert per_group[["prompt", "n"]].values.tolist() == [["a cat", 3], ["a dog", 3]]
+    assert per_group["diversity"].between(0, 2).all()
+    config = json.loads((tmp_path / "results.config.json").read_text())
+    assert config["metrics"]["vendi"] == {"extractor": "test:cli-colour", "q": 2.0}
+    printed = capsys.readouterr().out
+    assert "a cat" in printed and "diversity" in printed and "results.groups.csv" in printed
+
+
+def test_eval_groups_other_images_by_a_metadata_file(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (4, 4), (60 * i, 0, 0)).save(folder / f"{i}.jpg")
+    metadata = tmp_path / "meta.csv"
+    metadata.write_text("file,style\n0.jpg,ink\n1.jpg,ink\n2.jpg,oil\n3.jpg,oil\n")
+    out = tmp_path / "results.parquet"
+    argv = [
+        "eval",
+        str(folder),
+        "--metrics",
+        "diversity",
+        "--extractor",
+        "test:cli-colour",
+        "--group-by",
+        "style",
+    ]
+    assert main([*argv, "--metadata", str(metadata), "--out", str(out)]) == 0
+    assert pd.read_parquet(tmp_path / "results.groups.parquet")["style"].tolist() == ["ink", "oil"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--metrics", "nope"], "unknown metric 'nope'"),
+        (["--metrics", "diversity", "--group-by", "seed,style"], "has no style to group by"),
+        (["--metrics", "diversity", "--option", "diversity=3"], "METRIC.KEY=VALUE"),
+        (["--metrics", "kid", "--extractor", "test:cli-colour"], "needs reference images"),
+    ],
+)
+def test_eval_mistakes_are_one_line_errors_with_exit_status_2(generated, tmp_path, capsys, extra, message):
+    assert main(["eval", str(generated), "--out", str(tmp_path / "r.csv"), *extra]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
