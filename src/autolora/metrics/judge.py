@@ -300,7 +300,8 @@ def parse_scores(reply: str, keys: Sequence[str]) -> ParsedScores:
             value = _labelled_score(reply, key)
             if value is None and len(keys) == 1 and obj is None and _SCORE_TEXT.fullmatch(reply.strip()):
                 value = reply.strip()
-        if value is not None:
+            found = value is not None
+        if found:
             raw[key] = value
     if not raw:
         return ParsedScores(failed, "no_scores" if obj is None else "missing_key")
@@ -409,7 +410,9 @@ class VLMJudgeMetric(Metric):
     ) -> list[dict[str, Any]]:
         """One row per record: the score columns (NaN on failure), ``<prefix>_status`` and ``<prefix>_raw``."""
         requests = [
-            JudgeRequest(image=r.image, prompt=self.prompt_for(r), schema_name=self.prefix, schema=self.schema)
+            JudgeRequest(
+                image=r.image, prompt=self.prompt_for(r), schema_name=self.prefix, schema=self.schema
+            )
             for r in records
         ]
         rows = []
@@ -426,7 +429,9 @@ class VLMJudgeMetric(Metric):
         return rows
 
     def _report_failures(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        failures = Counter(row[f"{self.prefix}_status"] for row in rows if row[f"{self.prefix}_status"] != "ok")
+        failures = Counter(
+            row[f"{self.prefix}_status"] for row in rows if row[f"{self.prefix}_status"] != "ok"
+        )
         if failures:
             kinds = ", ".join(f"{kind}={count}" for kind, count in sorted(failures.items()))
             logger.warning(
@@ -461,7 +466,9 @@ class PromptCorrespondenceStyleAdherence(VLMJudgeMetric):
 
     score_columns: ClassVar[dict[str, str]] = {"prompt_correspondence": "pc", "style_adherence": "sa"}
     prefix = "pc_sa"
-    schema: ClassVar[dict[str, Any]] = _score_schema(["prompt_correspondence", "style_adherence"], reason=False)
+    schema: ClassVar[dict[str, Any]] = _score_schema(
+        ["prompt_correspondence", "style_adherence"], reason=False
+    )
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -472,7 +479,9 @@ class PromptCorrespondenceStyleAdherence(VLMJudgeMetric):
         prompt = record.meta.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             where = record.path or f"image {record.sha256[:12]}"
-            raise InputFileError(f"{where} has no generation prompt in its metadata ('prompt'); judge:pc_sa needs it")
+            raise InputFileError(
+                f"{where} has no generation prompt in its metadata ('prompt'); judge:pc_sa needs it"
+            )
         return pc_sa_prompt(prompt, self.config.style, self.config.style_scale)
 
 

@@ -198,7 +198,9 @@ class OpenAIBackend(JudgeBackend):
                 _retry_after_seconds(error.headers.get("Retry-After")) if error.code == 429 else None,
             ) from None
         except TimeoutError:
-            raise JudgeTransportError("timeout", f"no reply from {self._endpoint} in {self.timeout} s") from None
+            raise JudgeTransportError(
+                "timeout", f"no reply from {self._endpoint} in {self.timeout} s"
+            ) from None
         except urllib.error.URLError as error:
             if isinstance(error.reason, TimeoutError):
                 raise JudgeTransportError(
@@ -277,7 +279,9 @@ class TransformersBackend(JudgeBackend):
         import torch
 
         model, processor = self._load()
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.prompt}]}]
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.prompt}]}
+        ]
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
         # The chat template already wrote the special tokens; adding them again would double the BOS.
         inputs = processor(
@@ -313,7 +317,9 @@ def make_backend(config: JudgeConfig) -> JudgeBackend:
     return OpenAIBackend(
         url=url,
         model=model,
-        api_key=config.api_key or os.environ.get("AUTOLORA_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY"),
+        api_key=config.api_key
+        or os.environ.get("AUTOLORA_JUDGE_API_KEY")
+        or os.environ.get("OPENAI_API_KEY"),
         timeout=config.timeout,
         max_retries=config.max_retries,
         seed=config.seed,
