@@ -477,3 +477,104 @@ def test_unreachable_server_is_a_connection_error_not_an_exception(serve):
     rows = metric.compute(records(1))
     assert rows[0]["cps_status"] == "connection_error" and math.isnan(rows[0]["cps"])
     assert len(sleeps) == 1
+
+
+# --- a local transformers model -------------------------------------------------------------------
+
+
+def _chat_template(image_token: str) -> str:
+    return (
+        "{% for message in messages %}{{ message['role'] }}: {% for part in message['content'] %}"
+        f"{{% if part['type'] == 'image' %}}{image_token}{{% else %}}{{{{ part['text'] }}}}{{% endif %}}"
+        "{% endfor %} {% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+
+
+def _tiny_vlm(kind: str, folder: Path) -> Path:
+    """A random two-layer VLM and its processor saved to ``folder``; it can only ever say "4"."""
+    import torch
+    import transformers as tf
+
+    from autolora.world.tokenizer import build_clip_tokenizer
+
+    image_token = {"llava": "<image>", "mllama": "<|image|>"}[kind]
+    tokenizer = build_clip_tokenizer(["score"], folder / "tokenizer")
+    tokenizer.add_special_tokens({"additional_special_tokens": [image_token, "<|python_tag|>"]})
+    small = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2}
+    text = {
+        **small,
+        "vocab_size": len(tokenizer),
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    image_token_index = tokenizer.convert_tokens_to_ids(image_token)
+    torch.manual_seed(0)
+    if kind == "llava":
+        processor = tf.LlavaProcessor(
+            image_processor=tf.CLIPImageProcessor(size={"shortest_edge": 16}, crop_size=16),
+            tokenizer=tokenizer,
+            patch_size=8,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,  # CLIP's class token
+            chat_template=_chat_template(image_token),
+        )
+        config = tf.LlavaConfig(
+            vision_config=tf.CLIPVisionConfig(**small, num_attention_heads=2, image_size=16, patch_size=8),
+            text_config=tf.LlamaConfig(**text),
+            image_token_index=image_token_index,
+        )
+        model = tf.LlavaForConditionalGeneration(config)
+    else:
+        processor = tf.MllamaProcessor(
+            image_processor=tf.MllamaImageProcessor(size={"height": 16, "width": 16}, max_image_tiles=4),
+            tokenizer=tokenizer,
+            chat_template=_chat_template(image_token),
+        )
+        vision = tf.MllamaVisionConfig(
+            **small,
+            num_global_layers=1,
+            attention_heads=2,
+            image_size=16,
+            patch_size=8,
+            max_num_tiles=4,
+            intermediate_layers_indices=[0],
+            vision_output_dim=64,
+        )
+        config = tf.MllamaConfig(
+            vision_config=vision,
+            text_config=tf.MllamaTextConfig(**text, cross_attention_layers=[1]),
+            image_token_index=image_token_index,
+        )
+        model = tf.MllamaForConditionalGeneration(config)
+    # Random weights say random things; suppressing every other token makes greedy decoding say "4".
+    four = tokenizer.convert_tokens_to_ids("4")
+    model.generation_config.suppress_tokens = [i for i in range(len(tokenizer)) if i != four]
+    model.save_pretrained(folder / "model")
+    processor.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+@pytest.mark.parametrize(
+    ("kind", "model_class"),
+    [("mllama", "MllamaForConditionalGeneration"), ("llava", "LlavaForConditionalGeneration")],
+)
+def test_transformers_backend_loads_a_saved_vlm_and_scores_only_its_new_tokens(kind, model_class, tmp_path):
+    folder = _tiny_vlm(kind, tmp_path)
+    metric = get_metric(
+        "judge:cps", backend="transformers", model=str(folder), device="cpu", max_new_tokens=1
+    )
+    rows = metric.compute(records(2))
+    # Had the prompt been decoded with the reply, "4" would not be the whole raw text.
+    assert rows == [{"cps": 4.0, "cps_status": "ok", "cps_raw": "4"}] * 2
+    model = metric.backend._load()[0]
+    assert type(model).__name__ == model_class
+    assert not model.training
+
+
+def test_transformers_backend_with_a_missing_model_raises_config_error(tmp_path):
+    metric = get_metric("judge:cps", backend="transformers", model=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="cannot load judge model"):
+        metric.compute(records(1))

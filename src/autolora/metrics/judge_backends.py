@@ -51,9 +51,7 @@ class JudgeReply:
 
 
 class JudgeBackend(ABC):
-    """Answers judge requests; ``id`` names the backend and model (never a key) for caching."""
-
-    id: str
+    """Answers judge requests."""
 
     @abstractmethod
     def ask_many(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply]:
@@ -117,10 +115,6 @@ class OpenAIBackend(JudgeBackend):
     def __post_init__(self) -> None:
         self._endpoint = self.url.rstrip("/") + "/chat/completions"
         self._schema_refused = threading.Event()
-
-    @property
-    def id(self) -> str:
-        return f"openai:{self.url.rstrip('/')}:{self.model}"
 
     def ask_many(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -252,10 +246,6 @@ class TransformersBackend(JudgeBackend):
 
     def __post_init__(self) -> None:
         self._loaded: tuple[Any, Any] | None = None
-
-    @property
-    def id(self) -> str:
-        return f"transformers:{self.model}"
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
