@@ -166,6 +166,9 @@ PC_SA = ["prompt_correspondence", "style_adherence"]
         ("4/5", 4.0),
         ("3", 3.0),
         ('{"evaluation": {"score": 2}}', 2.0),
+        ("**Score:** 4", 4.0),
+        ("The character is Anna.\nScore - 5 out of 5", 5.0),
+        ('<think>Maybe {"score": 1}? No.</think>\n{"score": 3}', 3.0),
     ],
 )
 def test_parser_reads_the_score_from_lenient_replies(reply, expected):

@@ -209,6 +209,7 @@ _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _SCORE_TEXT = re.compile(rf"\[?\s*({_NUMBER})\s*(?:/\s*({_NUMBER}))?\s*\]?(?:\s*[^\d\s./].*)?", re.S)
 _FENCE = re.compile(r"```[A-Za-z]*\s*(.*?)```", re.S)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_THINKING = re.compile(r"<think>.*?</think>", re.S)
 
 
 @dataclass
@@ -277,7 +278,7 @@ def _to_score(value: Any) -> float | None:
 def _labelled_score(text: str, key: str) -> str | None:
     """The number after a label in prose, e.g. ``Score: 4.5`` or ``Prompt correspondence - 4/5``."""
     label = r"[\s_\-]*".join(map(re.escape, key.split("_")))
-    match = re.search(rf"{label}[\"'*\s]*[:=\-]?\s*\[?\s*({_NUMBER}(?:\s*/\s*{_NUMBER})?)", text, re.I)
+    match = re.search(rf"{label}[\"'*\s]*[:=\-]?[\"'*\s]*\[?\s*({_NUMBER}(?:\s*/\s*{_NUMBER})?)", text, re.I)
     return match.group(1) if match else None
 
 
@@ -290,6 +291,7 @@ def parse_scores(reply: str, keys: Sequence[str]) -> ParsedScores:
     makes every score NaN and names the failure in ``status``.
     """
     failed = {key: math.nan for key in keys}
+    reply = _THINKING.sub("", reply)  # reasoning models think aloud before answering
     if not reply.strip():
         return ParsedScores(failed, "empty")
     obj = _json_object(reply)

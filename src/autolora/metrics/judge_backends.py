@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import http.client
 import io
 import json
 import os
@@ -203,6 +204,8 @@ class OpenAIBackend(JudgeBackend):
             raise JudgeTransportError(
                 "connection_error", f"cannot reach {self._endpoint}: {error.reason}"
             ) from None
+        except (ConnectionError, http.client.HTTPException) as error:  # cut off while reading the reply
+            raise JudgeTransportError("connection_error", f"{self._endpoint} broke off: {error!r}") from None
         try:
             return json.loads(payload)
         except json.JSONDecodeError:
@@ -242,7 +245,6 @@ class TransformersBackend(JudgeBackend):
     device: str | None = None
     dtype: str = "auto"
     max_new_tokens: int = 256
-    seed: int = 0
 
     def __post_init__(self) -> None:
         self._loaded: tuple[Any, Any] | None = None
@@ -255,10 +257,12 @@ class TransformersBackend(JudgeBackend):
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             try:
                 processor = AutoProcessor.from_pretrained(self.model)
-                model = AutoModelForImageTextToText.from_pretrained(self.model, dtype=self.dtype)
+                model = AutoModelForImageTextToText.from_pretrained(
+                    self.model, dtype=self.dtype, device_map=device
+                )
             except (OSError, ValueError) as error:
                 raise ConfigError(f"cannot load judge model {self.model!r}: {error}") from error
-            self._loaded = (model.to(device).eval(), processor)
+            self._loaded = (model.eval(), processor)
         return self._loaded
 
     def ask_many(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply]:
@@ -269,15 +273,18 @@ class TransformersBackend(JudgeBackend):
         import torch
 
         model, processor = self._load()
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.prompt}]}
+        content = [
+            {"type": "image", "image": request.image.convert("RGB")},
+            {"type": "text", "text": request.prompt},
         ]
-        text = processor.apply_chat_template(messages, add_generation_prompt=True)
-        # The chat template already wrote the special tokens; adding them again would double the BOS.
-        inputs = processor(
-            images=request.image.convert("RGB"), text=text, add_special_tokens=False, return_tensors="pt"
+        # The processor's chat template places the image tokens and decides on special tokens.
+        inputs = processor.apply_chat_template(
+            [{"role": "user", "content": content}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
         ).to(model.device)
-        torch.manual_seed(self.seed)
         with torch.inference_mode():
             output = model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens)
         reply = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -295,7 +302,6 @@ def make_backend(config: JudgeConfig) -> JudgeBackend:
             device=config.device,
             dtype=config.dtype,
             max_new_tokens=config.max_new_tokens,
-            seed=config.seed,
         )
     url = config.url or os.environ.get("AUTOLORA_JUDGE_URL")
     if not url:
