@@ -1,9 +1,12 @@
 import base64
+import email.utils
 import io
 import json
 import math
 import re
 import threading
+import time
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -245,7 +248,8 @@ class FakeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                    status, headers, text = server.respond(body)
+                    status, headers, text, *delay = server.respond(body)
+                time.sleep(*delay or [0])
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -369,6 +373,28 @@ def test_rate_limit_waits_for_retry_after(serve):
     assert sleeps == [7.0]
 
 
+def test_unavailable_server_is_waited_for_with_retry_after_too(serve):
+    sleeps = []
+    server = serve(scripted((503, {"Retry-After": "0"}, "{}"), chat('{"score": 2}')))
+    assert judge("judge:cps", server, sleeps=sleeps).compute(records(1))[0]["cps"] == 2.0
+    assert sleeps == [0.0]
+
+
+def test_retry_after_as_an_http_date_is_honoured(serve):
+    sleeps = []
+    when = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    server = serve(scripted((429, {"Retry-After": when}, "{}"), chat('{"score": 2}')))
+    judge("judge:cps", server, sleeps=sleeps).compute(records(1))
+    assert len(sleeps) == 1 and 20 < sleeps[0] <= 30
+
+
+def test_timeout_is_retried(serve):
+    sleeps = []
+    server = serve(scripted((*chat('{"score": 1}'), 2.0), chat('{"score": 3}')))
+    rows = judge("judge:cps", server, sleeps=sleeps, timeout=0.2).compute(records(1))
+    assert rows[0]["cps"] == 3.0 and len(server.requests) == 2 and len(sleeps) == 1
+
+
 def test_exhausted_retries_give_nan_and_the_http_status(serve):
     sleeps = []
     server = serve(lambda body: (503, {}, '{"error": "down"}'))
@@ -402,10 +428,12 @@ def test_structured_false_sends_no_schema(serve):
     assert "response_format" not in server.requests[0]["body"]
 
 
-def test_api_key_never_appears_in_results_options_repr_or_errors(serve):
+def test_api_key_never_appears_in_results_options_repr_errors_or_logs(serve, caplog):
     server = serve(lambda body: (401, {}, json.dumps({"error": f"invalid key {KEY}"})))
     metric = judge("judge:cps", server)
-    rows = metric.compute(records(1))
+    with caplog.at_level("DEBUG"):
+        rows = metric.compute(records(1))
+    assert KEY not in caplog.text
     assert rows[0]["cps_status"] == "http_401"
     stored = json.dumps(rows, default=str) + json.dumps(metric.options, default=str)
     stored += repr(metric.backend) + repr(metric.config)

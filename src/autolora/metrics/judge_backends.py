@@ -11,6 +11,7 @@ import base64
 import email.utils
 import http.client
 import io
+import itertools
 import json
 import os
 import random
@@ -90,13 +91,16 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+_RETRYABLE = ("http_429", "timeout", "connection_error")
+
+
 @dataclass
 class OpenAIBackend(JudgeBackend):
     """Any server speaking the OpenAI chat-completions API (vLLM, Ollama, llama.cpp, hosted APIs).
 
     Asks at temperature 0 with a fixed seed, with the image as a PNG data URL, and — when
     ``structured`` — a JSON-schema ``response_format``; a server that answers 400 to that is asked
-    again without it, and from then on never with it. 429, 5xx, timeouts and refused connections
+    again without it (422 too, for servers that validate with FastAPI), and from then on never with it. 429, 5xx, timeouts and refused connections
     are retried with exponential backoff and jitter, or after the server's Retry-After.
     """
 
@@ -128,7 +132,7 @@ class OpenAIBackend(JudgeBackend):
             try:
                 response = self._post(self._body(request, structured))
             except JudgeTransportError as error:
-                if not (structured and error.status == "http_400"):
+                if not (structured and error.status in ("http_400", "http_422")):
                     raise
                 # The server does not know json_schema output; ask in plain text as the paper did.
                 self._schema_refused.set()
@@ -164,21 +168,19 @@ class OpenAIBackend(JudgeBackend):
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        for attempt in range(self.max_retries + 1):
+        for attempt in itertools.count():
             try:
                 return self._post_once(data, headers)
             except JudgeTransportError as error:
-                retryable = error.status in ("http_429", "timeout", "connection_error") or (
-                    error.status.startswith("http_5")
-                )
-                if not retryable or attempt == self.max_retries:
+                if error.status not in _RETRYABLE and not error.status.startswith("http_5"):
+                    raise
+                if attempt == self.max_retries:
                     raise
                 if error.retry_after is not None:
                     self.sleep(error.retry_after)
                 else:
                     delay = min(self.max_backoff, self.backoff * 2**attempt)
                     self.sleep(delay * (1 + random.random() / 2))  # jitter spreads out parallel retries
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _post_once(self, data: bytes, headers: dict[str, str]) -> dict[str, Any]:
         request = urllib.request.Request(self._endpoint, data=data, headers=headers, method="POST")
@@ -190,7 +192,7 @@ class OpenAIBackend(JudgeBackend):
             raise JudgeTransportError(
                 f"http_{error.code}",
                 f"HTTP {error.code} from {self._endpoint}: {detail}",
-                _retry_after_seconds(error.headers.get("Retry-After")) if error.code == 429 else None,
+                _retry_after_seconds(error.headers.get("Retry-After")),
             ) from None
         except TimeoutError:
             raise JudgeTransportError(
