@@ -253,6 +253,7 @@ class TransformersBackend(JudgeBackend):
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
+            # Imported here: the server backend, the common case, should not pay for loading transformers.
             import torch
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
