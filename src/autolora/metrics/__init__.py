@@ -4,16 +4,10 @@ their products, behind one ``evaluate`` call.
 Importing this package registers the built-in metrics and feature extractors.
 """
 
-from autolora.metrics import alignment, distribution, diversity, products
+from autolora.metrics import alignment, distribution, diversity, judge, products
 from autolora.metrics.evaluate import EvaluationResult, evaluate, load_records
 from autolora.metrics.features import available_extractors, get_extractor, register_extractor
 from autolora.metrics.registry import ImageRecord, Metric, available_metrics, get_metric, register_metric
-
-try:  # The VLM judge metrics live in their own module, not yet on every branch.
-    import autolora.metrics.judge  # noqa: F401  (imported to register its metrics)
-except ModuleNotFoundError as error:
-    if error.name != "autolora.metrics.judge":
-        raise
 
 __all__ = [
     "EvaluationResult",
@@ -27,6 +21,7 @@ __all__ = [
     "evaluate",
     "get_extractor",
     "get_metric",
+    "judge",
     "load_records",
     "products",
     "register_extractor",
