@@ -68,11 +68,11 @@ def get_extractor(name: str, **options: Any) -> FeatureExtractor:
     except KeyError:
         known = ", ".join(available_extractors())
         raise ConfigError(f"unknown feature extractor {name!r}; available: {known}") from None
-    check_options(cls, f"feature extractor {name!r}", options)
+    _check_options(cls, f"feature extractor {name!r}", options)
     return cls(**options)
 
 
-def check_options(cls: type, what: str, options: dict[str, Any]) -> None:
+def _check_options(cls: type, what: str, options: dict[str, Any]) -> None:
     """Raise ``ConfigError`` naming ``what`` when ``cls`` does not accept ``options`` as keyword arguments."""
     try:
         inspect.signature(cls).bind(**options)
@@ -120,7 +120,8 @@ class TransformersExtractor(FeatureExtractor):
     """A transformers vision model and its image processor, loaded on first use.
 
     Loading (and importing transformers) is deferred so that an evaluation whose features are
-    all cached never loads the model. ``device`` and ``batch_size`` do not change the features, so they stay out of ``id``.
+    all cached never loads the model. ``device`` and ``batch_size`` do not change the
+    features, so they stay out of ``id``.
     """
 
     def __init__(self, recorded: dict[str, Any], device: str | None, batch_size: int) -> None:
