@@ -144,3 +144,17 @@ def test_eval_div_cps_multiplies_diversity_by_the_mean_of_parsed_judge_scores(
     assert per_group["cps"].tolist() == [3.0, 3.0]  # the unparsed reply is left out, not scored 0
     assert per_group["cps_n_failed"].tolist() == [1, 1]
     assert per_group["div_cps"].tolist() == pytest.approx((per_group["diversity"] * 3.0).tolist())
+
+
+def test_eval_compares_groups_with_a_reference_folder(generated, tmp_path):
+    reference = tmp_path / "training"
+    reference.mkdir()
+    for i in range(4):
+        Image.new("RGB", (4, 4), (0, 30 * i, 200)).save(reference / f"{i}.png")
+    out = tmp_path / "results.csv"
+    argv = ["eval", str(generated), "--metrics", "fd_dinov2,kid", "--extractor", "test:cli-colour"]
+    assert main([*argv, "--reference", str(reference), "--option", "kid.subsets=4", "--out", str(out)]) == 0
+    per_group = pd.read_csv(tmp_path / "results.groups.csv")
+    assert (per_group["fd_dinov2"] > 0).all()
+    assert per_group["kid"].notna().all()
+    assert json.loads((tmp_path / "results.config.json").read_text())["n_reference"] == 4

@@ -153,3 +153,22 @@ def test_clip_score_is_100_times_clipped_cosine_of_image_and_prompt(tiny_clip):
 def test_clip_score_without_a_prompt_names_the_image(tiny_clip):
     with pytest.raises(ConfigError, match="needs a prompt"):
         get_metric("clip_score", model=tiny_clip).compute([ImageRecord(images(1)[0])])
+
+
+def test_dinov2_mean_pooling_skips_register_tokens(tmp_path):
+    from transformers import BitImageProcessor, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    config = Dinov2WithRegistersConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32,
+        patch_size=8, num_register_tokens=4,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Dinov2WithRegistersModel(config).eval()
+    model.save_pretrained(tmp_path)
+    processor = BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(tmp_path)
+    features = get_extractor("dinov2", model=str(tmp_path), pooling="mean")(images(2))
+    with torch.inference_mode():
+        tokens = model(**processor(images=images(2), return_tensors="pt")).last_hidden_state
+    assert tokens.shape[1] == 1 + 4 + 16
+    torch.testing.assert_close(features, tokens[:, 5:].mean(dim=1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,13 @@ def run(args: argparse.Namespace) -> int:
     records = load_records(args.folder, args.metadata)
     reference = load_records(args.reference) if args.reference else None
     result = evaluate(
-        records, metrics, group_by=group_by, reference=reference, cache_dir=args.cache, options=options
+        records,
+        metrics,
+        group_by=group_by,
+        reference=reference,
+        cache_dir=args.cache,
+        options=options,
+        progress=sys.stderr.isatty(),
     )
     written = result.to_file(args.out)
     print(summary_table(result.per_group, group_by))
