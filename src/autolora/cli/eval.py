@@ -1,4 +1,4 @@
-"""``autolora eval``: metrics of a folder of images, per image and per group, written to CSV or Parquet."""
+"""autolora eval: metrics of a folder of images, per image and per group, written to CSV or Parquet."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "eval",
         help="evaluate a folder of images (diversity, Vendi, FD, KID, CLIP score, VLM judges)",
-        description=__doc__,
+        description="Measure a folder of images per image and per group and write the results to CSV or "
+        "Parquet; docs/evaluation.md lists the metrics and their options.",
     )
     parser.add_argument("folder", type=Path, help="folder of images (png, jpg, webp)")
     parser.add_argument("--metrics", required=True, help="comma-separated metric names, e.g. diversity,vendi")
