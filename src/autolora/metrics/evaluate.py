@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -282,7 +283,7 @@ def _image_level(
         fresh: dict[str, dict[str, dict[str, Any]]] = {}
         for i, row in zip(todo, rows, strict=True):
             found[keys[i], records[i].sha256] = row
-            if not any(isinstance(v, float) and math.isnan(v) for v in row.values()):
+            if not any(isinstance(v, numbers.Real) and math.isnan(v) for v in row.values()):
                 fresh.setdefault(keys[i], {})[records[i].sha256] = row
         for key, by_hash in fresh.items():
             cache.put_rows(key, by_hash)
