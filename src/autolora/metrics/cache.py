@@ -106,9 +106,10 @@ class MetricsCache:
         self._rows.update({(key, h): row for h, row in rows.items()})
         if self._db is not None:
             with self._db:
+                # Keys keep the metric's order, so cached and fresh rows give the same column order.
                 self._db.executemany(
                     "INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
-                    [(key, h, json.dumps(row, sort_keys=True, default=_plain)) for h, row in rows.items()],
+                    [(key, h, json.dumps(row, default=_plain)) for h, row in rows.items()],
                 )
 
     def _load_features(self, key: str, hashes: Sequence[str]) -> None:
