@@ -1,4 +1,8 @@
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +13,7 @@ from tiny_pipelines import KINDS, random_lora_file, tiny_pipeline
 from autolora import default_cfg_scale, generate, load_lora, load_pipeline
 from autolora.errors import ConfigError, InputFileError
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 PROMPT = "a photo of sks cat"
 SIZE = 32
 STEPS = 2
@@ -392,3 +397,8 @@ _CONDITIONS = {
 }
 _LATENTS = {"sd15": _unet_latents, "sdxl": _unet_latents, "sd3": _sd3_latents, "flux": _flux_latents}
 _DENOISE = {"sd15": _unet_denoise, "sdxl": _unet_denoise, "sd3": _sd3_denoise, "flux": _flux_denoise}
+
+
+def test_importing_autolora_defers_torch_and_diffusers():
+    code = "import sys, autolora; assert 'diffusers' not in sys.modules; autolora.generate; assert 'diffusers' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(SRC)})
