@@ -8,7 +8,6 @@ results through ``FeatureExtractor.id``.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -19,7 +18,7 @@ from PIL import Image
 
 from autolora.errors import ConfigError, InputFileError
 from autolora.metrics.cache import MetricsCache
-from autolora.metrics.registry import ImageRecord, Metric
+from autolora.metrics.registry import ImageRecord, Metric, Registry
 
 
 class FeatureExtractor(ABC):
@@ -40,44 +39,22 @@ class FeatureExtractor(ABC):
         """Features of ``images``, one row each."""
 
 
-_EXTRACTORS: dict[str, type[FeatureExtractor]] = {}
+EXTRACTORS: Registry[FeatureExtractor] = Registry("feature extractor")
 
 
 def register_extractor(name: str) -> Callable[[type[FeatureExtractor]], type[FeatureExtractor]]:
     """Class decorator that makes a feature extractor available under ``name``."""
-
-    def decorator(cls: type[FeatureExtractor]) -> type[FeatureExtractor]:
-        if name in _EXTRACTORS and _EXTRACTORS[name] is not cls:
-            raise ValueError(f"feature extractor {name!r} is already registered")
-        cls.name = name
-        _EXTRACTORS[name] = cls
-        return cls
-
-    return decorator
+    return EXTRACTORS.register(name)
 
 
 def available_extractors() -> list[str]:
     """Names of every registered feature extractor, sorted."""
-    return sorted(_EXTRACTORS)
+    return EXTRACTORS.names()
 
 
 def get_extractor(name: str, **options: Any) -> FeatureExtractor:
-    """An instance of the extractor called ``name``; unknown names raise ``ConfigError``."""
-    try:
-        cls = _EXTRACTORS[name]
-    except KeyError:
-        known = ", ".join(available_extractors())
-        raise ConfigError(f"unknown feature extractor {name!r}; available: {known}") from None
-    _check_options(cls, f"feature extractor {name!r}", options)
-    return cls(**options)
-
-
-def _check_options(cls: type, what: str, options: dict[str, Any]) -> None:
-    """Raise ``ConfigError`` naming ``what`` when ``cls`` does not accept ``options`` as keyword arguments."""
-    try:
-        inspect.signature(cls).bind(**options)
-    except TypeError as error:
-        raise ConfigError(f"{what} does not accept these options {sorted(options)}: {error}") from None
+    """An instance of the extractor called ``name``; unknown names or options raise ``ConfigError``."""
+    return EXTRACTORS.create(name, **options)
 
 
 class FeatureMetric(Metric):

@@ -8,15 +8,18 @@ evaluation layer); group-level metrics return one row for the whole group.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from PIL import Image
 
 from autolora.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,31 +62,61 @@ class Metric(ABC):
         """
 
 
-_REGISTRY: dict[str, type[Metric]] = {}
+class Registry(Generic[T]):
+    """Classes looked up by name; ``kind`` names them in errors ("metric", "feature extractor")."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._classes: dict[str, type[T]] = {}
+
+    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        """Class decorator that makes a class available under ``name`` and sets its ``name`` attribute."""
+
+        def decorator(cls: type[T]) -> type[T]:
+            known = self._classes.get(name)
+            if known is not None and known is not cls:
+                raise ValueError(f"{self.kind} {name!r} is already registered by {known.__name__}")
+            cls.name = name
+            self._classes[name] = cls
+            return cls
+
+        return decorator
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted."""
+        return sorted(self._classes)
+
+    def create(self, name: str, **options: Any) -> T:
+        """An instance of the class called ``name`` built with ``options``.
+
+        Unknown names, and options the class does not accept, raise ``ConfigError`` naming the problem.
+        """
+        try:
+            cls = self._classes[name]
+        except KeyError:
+            raise ConfigError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}") from None
+        try:
+            inspect.signature(cls).bind(**options)
+        except TypeError as error:
+            raise ConfigError(
+                f"{self.kind} {name!r} does not accept these options {sorted(options)}: {error}"
+            ) from None
+        return cls(**options)
+
+
+METRICS: Registry[Metric] = Registry("metric")
 
 
 def register_metric(name: str) -> Callable[[type[Metric]], type[Metric]]:
     """Class decorator that makes a metric available under ``name``."""
-
-    def decorator(cls: type[Metric]) -> type[Metric]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"metric {name!r} is already registered by {_REGISTRY[name].__name__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
+    return METRICS.register(name)
 
 
 def available_metrics() -> list[str]:
     """Names of every registered metric, sorted."""
-    return sorted(_REGISTRY)
+    return METRICS.names()
 
 
 def get_metric(name: str, **options: Any) -> Metric:
     """An instance of the metric called ``name``; unknown names raise ``ConfigError`` listing the known ones."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown metric {name!r}; available: {', '.join(available_metrics())}") from None
-    return cls(**options)
+    return METRICS.create(name, **options)
