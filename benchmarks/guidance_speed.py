@@ -32,7 +32,6 @@ import diffusers
 import peft
 import torch
 import transformers
-from autolora.pipelines import generate, load_lora
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -44,6 +43,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from autolora import generate, load_lora
 from autolora.world.tokenizer import build_clip_tokenizer
 
 # The released UNet configurations (stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0).

@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from autolora import __version__
-from autolora.errors import ConfigError, InputFileError
+from autolora.errors import AutoLoRAError, ConfigError, InputFileError
 
 METHODS = ("autolora", "lora", "base")
 DTYPES = ("float32", "float16", "bfloat16")
 BRANCH_MODES = ("batched", "sequential")
 # Rows of the --compare grid, top to bottom: the two baselines, then AutoLoRA.
 COMPARE_METHODS = ("base", "lora", "autolora")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 # Output names start with a running number so that repeated runs into one folder never overwrite.
 _INDEX_DIGITS = 5
 _INDEXED_NAME = re.compile(rf"^(\d{{{_INDEX_DIGITS}}})-.+\.png$")
@@ -57,7 +55,7 @@ class GenerateOptions:
     width: int | None
     interval: tuple[float, float]
     branch_mode: str
-    reference: str
+    reference: str | float
     device: str | None
     dtype: str | None
     allow_pickle: bool
@@ -76,14 +74,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     model.add_argument(
         "--model",
         required=True,
-        help="diffusers folder, single-file checkpoint, Hub id, or 'world' for the miniature world",
+        help="diffusers pipeline folder, Hub id, or 'world' for the miniature world",
     )
     model.add_argument(
         "--lora",
         action="append",
         required=True,
         metavar="FILE[:SCALE]",
-        help="LoRA weights (.safetensors file, folder or Hub id); repeat to stack LoRAs, "
+        help="LoRA weights: .safetensors file, folder, Hub id, or world:NAME; repeat to stack LoRAs, "
         "each with its own optional scale, e.g. --lora style.safetensors:0.8",
     )
     model.add_argument(
@@ -98,8 +96,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="allow pickle LoRA files (.bin/.pt/.pth/.ckpt), which can run code: only for files you trust",
     )
-    model.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: automatic)")
-    model.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default: automatic)")
+    model.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu or cuda:1 (default: cuda if available, else cpu)",
+    )
+    model.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default: float32)")
 
     prompt = parser.add_argument_group("prompt and sampling")
     prompt.add_argument("--prompt", required=True, help="text prompt")
@@ -138,8 +140,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--interval",
         default="0,1",
         metavar="A,B",
-        help="fraction of the denoising trajectory, 0 <= A < B <= 1, where AutoLoRA guidance is applied; "
-        "outside it the LoRA branch alone is used (default: 0,1)",
+        help="part of the denoising trajectory, 0 <= A <= B <= 1 (0 = first step), where AutoLoRA guidance "
+        "applies; other steps are plain LoRA CFG (default: 0,1, every step)",
     )
     guidance.add_argument(
         "--branch-mode",
@@ -150,7 +152,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     guidance.add_argument(
         "--reference",
         default="base",
-        help="what AutoLoRA guides away from (default: base, the base model with CFG)",
+        metavar="base|SCALE",
+        help="the reference branch AutoLoRA extrapolates from: base, the base model with CFG W1 (default), "
+        "or a scale: the same LoRAs at that scale, e.g. 0.5",
     )
 
     output = parser.add_argument_group("output")
@@ -195,42 +199,53 @@ def parse_lora_spec(text: str, default_scale: float) -> LoRASpec:
 
 
 def parse_interval(text: str) -> tuple[float, float]:
-    """Parse ``A,B`` with ``0 <= A < B <= 1``: the part of the trajectory where AutoLoRA is applied."""
+    """Parse ``A,B``, the part of the trajectory where AutoLoRA applies (its range is checked by the engine)."""
     parts = text.split(",")
     if len(parts) != 2:
         raise ConfigError(f"--interval {text!r} is malformed: expected two numbers A,B such as 0,0.5")
     start, end = (_parse_number(p, f"--interval {text}") for p in parts)
-    if not 0.0 <= start < end <= 1.0:
-        raise ConfigError(f"--interval {text!r} must satisfy 0 <= A < B <= 1")
     return start, end
 
 
-def _looks_like_local_path(source: str) -> bool:
-    """True for sources that can only be local paths (a Hub id is ``name`` or ``owner/name``)."""
-    return (
-        source.startswith(("/", ".", "~"))
-        or source.count("/") > 1
-        or "\\" in source
-        or Path(source).suffix.lower() in WEIGHT_SUFFIXES
+def parse_reference(text: str) -> str | float:
+    """``base`` or a scale >= 0 of the loaded LoRAs, as ``generate``'s ``reference`` takes it."""
+    if text == "base":
+        return text
+    scale = _parse_number(text, "--reference (base or a LoRA scale)")
+    if scale < 0:
+        raise ConfigError(f"--reference {text}: the reference LoRA scale must be >= 0")
+    return scale
+
+
+def _check_lora_file(spec: LoRASpec, allow_pickle: bool) -> None:
+    """Refuse a missing LoRA file and, unless allowed, a pickle, before the model is loaded for nothing."""
+    from autolora.lora import PICKLE_SUFFIXES
+
+    if spec.source.startswith("world:"):
+        return  # a miniature-world LoRA by name, resolved by load_lora
+    path = Path(spec.source).expanduser()
+    # A Hub id is ``owner/name``; anything else that does not exist can only be a missing local path.
+    is_hub_id = (
+        spec.source.count("/") == 1 and not path.suffix and not spec.source.startswith((".", "/", "~"))
     )
-
-
-def _check_local_source(source: str, what: str, allow_pickle: bool) -> None:
-    """Refuse missing local paths and, unless allowed, pickle files, before anything is loaded."""
-    path = Path(source).expanduser()
-    if not path.exists() and _looks_like_local_path(source):
-        raise InputFileError(f"{what} {source}: no such file or folder")
+    if not path.exists() and not is_hub_id:
+        raise InputFileError(f"--lora {spec.source}: no such file or folder")
     if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
         raise InputFileError(
-            f"{what} {source}: pickle files can run arbitrary code and are refused; convert it to "
+            f"--lora {spec.source}: pickle files can run arbitrary code and are refused; convert it to "
             ".safetensors, or pass --allow-pickle if you trust it"
         )
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError, safe_open
 
-
-def _check_non_negative(values: dict[str, float | None]) -> None:
-    for flag, value in values.items():
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{flag} {value:g} must be a finite number >= 0")
+        try:
+            # Reads the header only: a corrupt file is caught here in milliseconds.
+            with safe_open(str(path), framework="np"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise InputFileError(
+                f"--lora {spec.source}: corrupt or unreadable safetensors file: {error}"
+            ) from None
 
 
 def _check_positive(values: dict[str, int | None]) -> None:
@@ -241,15 +256,14 @@ def _check_positive(values: dict[str, int | None]) -> None:
 
 def check_args(args: argparse.Namespace) -> GenerateOptions:
     """Validate ``args`` and turn them into ``GenerateOptions``; raises ConfigError or InputFileError."""
-    _check_non_negative(
-        {
-            "--lora-scale": args.lora_scale,
-            "--gamma": args.gamma,
-            "--gamma-end": args.gamma_end,
-            "--cfg-base": args.cfg_base,
-            "--cfg-lora": args.cfg_lora,
-        }
-    )
+    from autolora.guidance import GuidanceSchedule
+
+    if not (math.isfinite(args.lora_scale) and args.lora_scale >= 0):
+        raise ConfigError(f"--lora-scale {args.lora_scale:g} must be >= 0")
+    for flag, value in (("--cfg-base", args.cfg_base), ("--cfg-lora", args.cfg_lora)):
+        # The pipelines read w <= 1 as "no CFG", so w < 1 would silently mean 1.
+        if value is not None and not (math.isfinite(value) and value >= 1):
+            raise ConfigError(f"{flag} {value:g} must be >= 1 (1 = no classifier-free guidance)")
     _check_positive({"--steps": args.steps, "--num-images": args.num_images})
     if args.seed < 0:
         raise ConfigError(f"--seed {args.seed} must be >= 0")
@@ -267,19 +281,22 @@ def check_args(args: argparse.Namespace) -> GenerateOptions:
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} exists and is not a folder")
 
-    interval = parse_interval(args.interval)
+    # The engine's own schedule checks gamma, gamma_end and the interval, so the CLI and API agree.
+    schedule = GuidanceSchedule(
+        gamma=args.gamma, gamma_end=args.gamma_end, interval=parse_interval(args.interval)
+    )
+    reference = parse_reference(args.reference)
     loras = tuple(parse_lora_spec(text, args.lora_scale) for text in args.lora)
-    _check_local_source(args.model, "--model", allow_pickle=True)
     for spec in loras:
-        _check_local_source(spec.source, "--lora", args.allow_pickle)
+        _check_lora_file(spec, args.allow_pickle)
     return GenerateOptions(
         model=args.model,
         loras=loras,
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         methods=COMPARE_METHODS if args.compare else (args.method or "autolora",),
-        gamma=args.gamma,
-        gamma_end=args.gamma_end,
+        gamma=schedule.gamma,
+        gamma_end=schedule.gamma_end,
         cfg_base=args.cfg_base,
         cfg_lora=args.cfg_lora,
         steps=args.steps,
@@ -287,9 +304,9 @@ def check_args(args: argparse.Namespace) -> GenerateOptions:
         num_images=args.num_images,
         height=args.height,
         width=args.width,
-        interval=interval,
+        interval=schedule.interval,
         branch_mode=args.branch_mode,
-        reference=args.reference,
+        reference=reference,
         device=args.device,
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
@@ -371,6 +388,7 @@ def image_params(
         "height": size[1],
         "sampler": resolved["sampler"],
         "dtype": resolved["dtype"],
+        "device": resolved["device"],
         "autolora_version": __version__,
     }
 
@@ -399,17 +417,23 @@ def run(args: argparse.Namespace) -> int:
     options = check_args(args)
 
     # 1. Load the base model and every LoRA (the engine validates files and their fit to the model).
-    from autolora.pipelines import default_cfg_scale, generate, load_lora, load_pipeline
+    from autolora import default_cfg_scale, generate, load_lora, load_pipeline
 
-    pipe = load_pipeline(options.model, torch_dtype=_torch_dtype(options.dtype), device=options.device)
-    for spec in options.loras:
-        load_lora(pipe, spec.source, scale=spec.scale, allow_pickle=options.allow_pickle)
+    try:
+        pipe = load_pipeline(
+            options.model, torch_dtype=_torch_dtype(options.dtype), device=_device(options.device)
+        )
+        for spec in options.loras:
+            load_lora(pipe, spec.source, scale=spec.scale, allow_pickle=options.allow_pickle)
+    except AutoLoRAError as error:
+        raise _one_line(error) from error
     resolved = {
         "cfg_base": options.cfg_base if options.cfg_base is not None else default_cfg_scale(pipe),
         "cfg_lora": options.cfg_lora if options.cfg_lora is not None else default_cfg_scale(pipe),
         "num_inference_steps": options.steps if options.steps is not None else _default_steps(pipe),
         "sampler": type(pipe.scheduler).__name__,
         "dtype": str(pipe.dtype).removeprefix("torch."),
+        "device": str(pipe.device),
     }
 
     # 2. Generate with every method from the same seeds, hence from the same initial noise.
@@ -449,7 +473,22 @@ def write_outputs(options: GenerateOptions, rows: dict[str, list], resolved: dic
     return paths
 
 
+def _one_line(error: AutoLoRAError) -> AutoLoRAError:
+    """``error`` with its message on one line: loaders quote library errors that list one problem a line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return error
+    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+    return type(error)(f"{lines[0]} {lines[1]}{more}")
+
+
 def _torch_dtype(name: str | None) -> Any:
     import torch
 
     return None if name is None else getattr(torch, name)
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
