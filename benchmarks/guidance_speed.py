@@ -44,6 +44,7 @@ from peft.utils import get_peft_model_state_dict
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from autolora import generate, load_lora
+from autolora.branches import BranchSwitcher, pipeline_modules
 from autolora.world.tokenizer import build_clip_tokenizer
 
 # The released UNet configurations (stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0).
@@ -154,7 +155,11 @@ def build_pipeline(arch: str, workdir: Path) -> StableDiffusionPipeline | Stable
 
 
 def write_random_lora(pipe: Any, rank: int, folder: Path) -> Path:
-    """Save a random rank-``rank`` LoRA on the UNet attention projections; the UNet is left unchanged."""
+    """Save a random rank-``rank`` LoRA on the UNet attention projections; the UNet is left unchanged.
+
+    The adapter is added to the UNet and deleted again, rather than to a copy as the tests' tiny
+    pipelines do, so a full-size UNet is never held twice in memory.
+    """
     adapter = "random"
     pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS), adapter)
     generator = torch.Generator().manual_seed(0)
@@ -176,7 +181,7 @@ def write_random_lora(pipe: Any, rank: int, folder: Path) -> Path:
 
 @dataclass
 class DenoiserMeter:
-    """Counts UNet calls, the batch rows they evaluate, and the time spent inside them."""
+    """Counts UNet evaluations, the batch rows they evaluate, and the time spent inside them."""
 
     synchronize: Callable[[], None]
     calls: int = 0
@@ -184,25 +189,29 @@ class DenoiserMeter:
     seconds: float = 0.0
     _start: float = field(default=0.0, repr=False)
 
-    def before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        sample = args[0] if args else kwargs["sample"]
+    def before(self, module: torch.nn.Module, args: tuple) -> None:
         self.calls += 1
-        self.rows += sample.shape[0]
+        self.rows += args[0].shape[0]
         self.synchronize()
         self._start = time.perf_counter()
 
-    def after(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def after(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         self.synchronize()
         self.seconds += time.perf_counter() - self._start
 
 
 @contextmanager
 def metered(unet: torch.nn.Module, synchronize: Callable[[], None]) -> Iterator[DenoiserMeter]:
-    """Attach a ``DenoiserMeter`` to ``unet`` for the duration of the block."""
+    """Attach a ``DenoiserMeter`` to ``unet`` for the duration of the block.
+
+    The hooks sit on the UNet's first and last layers, not on the UNet itself: the guidance hook
+    replaces the UNet's forward and evaluates the branches through the original forward, which
+    module hooks on the UNet would not see, while every real evaluation passes through both layers.
+    """
     meter = DenoiserMeter(synchronize)
     handles = [
-        unet.register_forward_pre_hook(meter.before, with_kwargs=True),
-        unet.register_forward_hook(meter.after, with_kwargs=True),
+        unet.conv_in.register_forward_pre_hook(meter.before),
+        unet.conv_out.register_forward_hook(meter.after),
     ]
     try:
         yield meter
@@ -224,10 +233,11 @@ class Measurement:
 def measure_variant(
     pipe: Any, options: dict[str, Any], args: argparse.Namespace, synchronize: Callable[[], None]
 ) -> Measurement:
-    """Generate one image ``args.repeats`` times (after one warm-up) and take medians."""
+    """Generate one image ``args.repeats`` times (after a one-step warm-up) and take medians."""
     size = args.latent_size * pipe.vae_scale_factor
-    kwargs = {"num_inference_steps": args.steps, "height": size, "width": size, "seed": 0, "progress": False}
-    generate(pipe, PROMPT, **kwargs, **options)
+    kwargs = {"height": size, "width": size, "seed": 0, "progress": False}
+    generate(pipe, PROMPT, num_inference_steps=1, **kwargs, **options)
+    kwargs["num_inference_steps"] = args.steps
     runs = []
     for _ in range(args.repeats):
         with metered(pipe.unet, synchronize) as meter:
@@ -245,16 +255,17 @@ def measure_variant(
 
 
 def measure_adapter_switch(pipe: Any, repeats: int, synchronize: Callable[[], None]) -> float:
-    """Median seconds of one switch of the loaded LoRA off or on (the switch the branches need)."""
+    """Median seconds of one branch switch (LoRA off, or on) made the way ``generate`` makes it."""
+    switcher = BranchSwitcher(pipeline_modules(pipe))
+    lora_branch = dict.fromkeys(pipe.get_active_adapters())
     times = []
     for i in range(2 * repeats):
-        switch = pipe.disable_lora if i % 2 == 0 else pipe.enable_lora
         synchronize()
         start = time.perf_counter()
-        switch()
+        switcher.apply({} if i % 2 == 0 else lora_branch)
         synchronize()
         times.append(time.perf_counter() - start)
-    pipe.enable_lora()
+    switcher.restore()
     return statistics.median(times)
 
 
@@ -303,7 +314,7 @@ def provenance(args: argparse.Namespace, argv: list[str]) -> str:
             f"- setup: {args.arch} UNet (full architecture, random weights), tiny text encoder and VAE, "
             f"{args.latent_size}x{args.latent_size} latents, {args.steps} DDIM steps, batch of 1 image, "
             f"random rank-{args.rank} LoRA on {', '.join(LORA_TARGETS)}, {args.dtype}, "
-            f"median of {args.repeats} repeats after one warm-up",
+            f"median of {args.repeats} repeats after a one-step warm-up",
         ]
     )
 
