@@ -3,6 +3,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from tiny_pipelines import KINDS, random_lora_file, tiny_pipeline
 
 from autolora import default_cfg_scale, generate, load_lora, load_pipeline
@@ -146,10 +147,9 @@ def _modules(pipe):
 
 def test_interval_outside_runs_only_lora_cfg(pipe, kind):
     rows = []
-    denoiser = pipe.unet if kind in ("sd15", "sdxl") else pipe.transformer
-    handle = denoiser.register_forward_pre_hook(
-        lambda module, args, kwargs: rows.append(_latent_rows(args, kwargs)), with_kwargs=True
-    )
+    # The denoiser's input layer sees every evaluation, and only real ones (not the pipeline's calls).
+    input_layer = _INPUT_LAYER[kind](pipe)
+    handle = input_layer.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
     try:
         out = generate(
             pipe,
@@ -168,11 +168,6 @@ def test_interval_outside_runs_only_lora_cfg(pipe, kind):
         pipe, PROMPT, cfg_base=W_BASE, cfg_lora=W_LORA, output_type="np", **_options(num_inference_steps=4)
     )
     assert np.abs(out - full).max() > 1e-4
-
-
-def _latent_rows(args, kwargs):
-    latents = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-    return latents.shape[0]
 
 
 def test_empty_interval_equals_lora_cfg(pipe):
@@ -238,6 +233,8 @@ def test_autolora_without_lora_raises_config_error(tmp_path):
 def test_default_cfg_scales_are_the_papers(tmp_path):
     assert default_cfg_scale(tiny_pipeline("sd15", tmp_path)) == 7.5
     assert default_cfg_scale(tiny_pipeline("sdxl", tmp_path)) == 5.0
+    assert default_cfg_scale(tiny_pipeline("sd3", tmp_path)) == 7.0
+    assert default_cfg_scale(tiny_pipeline("flux", tmp_path)) == 1.0  # guidance-distilled: no true CFG
 
 
 def test_load_pipeline_missing_folder_raises_input_file_error(tmp_path):
@@ -304,6 +301,68 @@ def _unet_denoise(pipe, x, t, condition, extra):
     return pipe.unet(x, t, **condition, return_dict=False)[0]
 
 
-_CONDITIONS = {"sd15": _sd15_conditions, "sdxl": _sdxl_conditions}
-_LATENTS = {"sd15": _unet_latents, "sdxl": _unet_latents}
-_DENOISE = {"sd15": _unet_denoise, "sdxl": _unet_denoise}
+def _sd3_conditions(pipe):
+    cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(PROMPT, None, None, device="cpu")
+    return [
+        {"encoder_hidden_states": uncond, "pooled_projections": uncond_pooled},
+        {"encoder_hidden_states": cond, "pooled_projections": pooled},
+    ]
+
+
+def _flux_conditions(pipe):
+    conditions = []
+    for prompt in ("", PROMPT):
+        embeddings, pooled, text_ids = pipe.encode_prompt(prompt, None, device="cpu")
+        conditions.append(
+            {"encoder_hidden_states": embeddings, "pooled_projections": pooled, "txt_ids": text_ids}
+        )
+    return conditions
+
+
+def _sd3_latents(pipe, generator, scheduler):
+    scheduler.set_timesteps(STEPS)
+    channels = pipe.transformer.config.in_channels
+    return pipe.prepare_latents(1, channels, SIZE, SIZE, torch.float32, "cpu", generator), {}
+
+
+def _flux_latents(pipe, generator, scheduler):
+    channels = pipe.transformer.config.in_channels // 4
+    latents, image_ids = pipe.prepare_latents(1, channels, SIZE, SIZE, torch.float32, "cpu", generator)
+    config = scheduler.config
+    mu = calculate_shift(
+        latents.shape[1],
+        config.base_image_seq_len,
+        config.max_image_seq_len,
+        config.base_shift,
+        config.max_shift,
+    )
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / STEPS, STEPS), mu=mu)
+    return latents, {
+        "img_ids": image_ids,
+        "guidance": torch.full([1], 3.5),
+    }  # the pipeline's default guidance
+
+
+def _sd3_denoise(pipe, x, t, condition, extra):
+    return pipe.transformer(hidden_states=x, timestep=t.expand(1), **condition, return_dict=False)[0]
+
+
+def _flux_denoise(pipe, x, t, condition, extra):
+    timestep = t.expand(1) / 1000
+    return pipe.transformer(hidden_states=x, timestep=timestep, **condition, **extra, return_dict=False)[0]
+
+
+_INPUT_LAYER = {
+    "sd15": lambda pipe: pipe.unet.conv_in,
+    "sdxl": lambda pipe: pipe.unet.conv_in,
+    "sd3": lambda pipe: pipe.transformer.pos_embed,
+    "flux": lambda pipe: pipe.transformer.x_embedder,
+}
+_CONDITIONS = {
+    "sd15": _sd15_conditions,
+    "sdxl": _sdxl_conditions,
+    "sd3": _sd3_conditions,
+    "flux": _flux_conditions,
+}
+_LATENTS = {"sd15": _unet_latents, "sdxl": _unet_latents, "sd3": _sd3_latents, "flux": _flux_latents}
+_DENOISE = {"sd15": _unet_denoise, "sdxl": _unet_denoise, "sd3": _sd3_denoise, "flux": _flux_denoise}

@@ -40,7 +40,7 @@ from transformers import (
 from autolora.world.tokenizer import build_clip_tokenizer
 
 WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "sks", "painting", "style"]
-KINDS = ("sd15", "sdxl")
+KINDS = ("sd15", "sdxl", "sd3", "flux")
 
 # LoRA targets per denoiser (attention projections, as most published LoRAs).
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -139,8 +139,7 @@ def tiny_sd15(folder: str | Path) -> StableDiffusionPipeline:
         image_encoder=None,
         requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
 
 
 def tiny_sdxl(folder: str | Path) -> StableDiffusionXLPipeline:
@@ -183,8 +182,7 @@ def tiny_sdxl(folder: str | Path) -> StableDiffusionXLPipeline:
         image_encoder=None,
         feature_extractor=None,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
 
 
 def tiny_sd3(folder: str | Path) -> StableDiffusion3Pipeline:
@@ -216,8 +214,7 @@ def tiny_sd3(folder: str | Path) -> StableDiffusion3Pipeline:
         text_encoder_3=_t5_encoder(tokenizer_3),
         tokenizer_3=tokenizer_3,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
 
 
 def tiny_flux(folder: str | Path) -> FluxPipeline:
@@ -246,8 +243,7 @@ def tiny_flux(folder: str | Path) -> FluxPipeline:
         text_encoder_2=_t5_encoder(tokenizer_2),
         tokenizer_2=tokenizer_2,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _finish(pipe)
 
 
 FACTORIES = {"sd15": tiny_sd15, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "flux": tiny_flux}
@@ -256,6 +252,16 @@ FACTORIES = {"sd15": tiny_sd15, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "flux": tiny
 def tiny_pipeline(kind: str, folder: str | Path):
     """The tiny pipeline of ``kind`` (one of ``KINDS``), its tokenizers written under ``folder``."""
     return FACTORIES[kind](folder)
+
+
+def _finish(pipe):
+    """Inference mode as ``from_pretrained`` leaves it (models built from configs start in training mode,
+    where T5's dropout would make every prompt encoding different), and no progress bars."""
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def random_lora_state_dict(
