@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "generate",
         help="generate images with AutoLoRA, LoRA or base guidance",
-        description=__doc__.splitlines()[0].split(": ", 1)[1],
+        description="Generate images from a base model and its LoRAs with AutoLoRA, LoRA or base guidance.",
     )
     model = parser.add_argument_group("model and LoRAs")
     model.add_argument(
@@ -108,7 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     prompt.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
     prompt.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
     prompt.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i")
-    prompt.add_argument("--num-images", type=int, default=1, metavar="N", help="images per method")
+    prompt.add_argument(
+        "--num-images", type=int, default=1, metavar="N", help="images per method (default: 1)"
+    )
     prompt.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of 8")
     prompt.add_argument("--width", type=int, default=None, help="image width in pixels, a multiple of 8")
 
@@ -131,10 +133,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="gamma at the last step, for a linear schedule from --gamma (default: constant gamma)",
     )
     guidance.add_argument(
-        "--cfg-base", type=float, default=None, metavar="W1", help="CFG scale of the base branch"
+        "--cfg-base",
+        type=float,
+        default=None,
+        metavar="W1",
+        help="CFG scale >= 1 of the base branch (default: the model family's, e.g. 7.5 for SD1.5)",
     )
     guidance.add_argument(
-        "--cfg-lora", type=float, default=None, metavar="W2", help="CFG scale of the LoRA branch"
+        "--cfg-lora",
+        type=float,
+        default=None,
+        metavar="W2",
+        help="CFG scale >= 1 of the LoRA branch (default: the model family's, e.g. 7.5 for SD1.5)",
     )
     guidance.add_argument(
         "--interval",
