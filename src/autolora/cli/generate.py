@@ -447,10 +447,11 @@ def run(args: argparse.Namespace) -> int:
     }
 
     # 2. Generate with every method from the same seeds, hence from the same initial noise.
-    rows = {
-        method: generate(pipe, options.prompt, progress=True, **generate_kwargs(options, method))
-        for method in options.methods
-    }
+    rows = {}
+    for method in options.methods:
+        # generate keeps the pipeline's progress-bar settings, so the bar says which method is running.
+        pipe.set_progress_bar_config(desc=method)
+        rows[method] = generate(pipe, options.prompt, progress=True, **generate_kwargs(options, method))
 
     # 3. Write one PNG per image, then the comparison grid.
     write_outputs(options, rows, resolved)
