@@ -290,7 +290,11 @@ def results_table(results: dict[str, Measurement], steps: int) -> str:
     return "\n".join(lines)
 
 
-def provenance(args: argparse.Namespace, argv: list[str]) -> str:
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def provenance(args: argparse.Namespace, argv: list[str], start_load: str) -> str:
     """Machine, date, command, versions and load: what is needed to read and repeat the numbers."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -306,7 +310,7 @@ def provenance(args: argparse.Namespace, argv: list[str]) -> str:
         [
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             f"- machine: {cpu}, {device}; torch threads: {torch.get_num_threads()}",
-            f"- load average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
+            f"- load average (1, 5, 15 min): {start_load} at the start, {_load()} at the end",
             f"- command: `{shlex.join(['python', 'benchmarks/guidance_speed.py', *argv])}`",
             f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
             f"diffusers {diffusers.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
@@ -343,6 +347,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    start_load = _load()
     device = torch.device(args.device)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -358,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     step = results[REFERENCE_VARIANT].denoiser_seconds / args.steps
     report = "\n\n".join(
         [
-            provenance(args, argv),
+            provenance(args, argv, start_load),
             results_table(results, args.steps),
             f"One adapter switch: {switch * 1e3:.2f} ms = {100 * switch / step:.3f} % of one LoRA+CFG "
             f"denoising step ({step:.2f} s).",
