@@ -108,6 +108,12 @@ def test_base_images_record_no_lora_parameters(base_args, tmp_path, capsys):
     assert params["cfg_base"] == 7.5
 
 
+def test_dtype_option_loads_the_weights_in_that_dtype(base_args, tmp_path, capsys):
+    assert run_cli([*base_args, "--dtype", "bfloat16", "--device", "cpu"], capsys)[0] == 0
+    params = read_png_params(tmp_path / "out" / "00000-autolora-seed0.png")
+    assert (params["dtype"], params["device"]) == ("bfloat16", "cpu")
+
+
 def test_second_run_continues_numbering_instead_of_overwriting(base_args, tmp_path, capsys):
     assert run_cli(base_args, capsys)[0] == 0
     assert run_cli([*base_args, "--method", "lora"], capsys)[0] == 0
