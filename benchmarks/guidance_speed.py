@@ -1,0 +1,376 @@
+"""Cost of AutoLoRA guidance: wall time and denoiser evaluations per image, as ratios to LoRA+CFG.
+
+Only the denoiser differs between methods, so the pipeline pairs a UNet with the full SD1.5 (or
+SDXL) architecture and random weights with a tiny text encoder and VAE (the same small cost for
+every method). A random rank-``--rank`` LoRA sits on the UNet attention projections. Also measured:
+one adapter switch (LoRA off or on, as the sequential branch mode does between branches) as a
+percentage of one LoRA+CFG denoising step.
+
+    PYTHONPATH=src python benchmarks/guidance_speed.py                      # CPU, SD1.5 UNet, 32x32 latents
+    PYTHONPATH=src python benchmarks/guidance_speed.py --device cuda --arch sdxl --dtype float16
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import peft
+import torch
+import transformers
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from autolora import generate, load_lora
+from autolora.branches import BranchSwitcher, pipeline_modules
+from autolora.world.tokenizer import build_clip_tokenizer
+
+# The released UNet configurations (stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0).
+SD15_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+SDXL_UNET = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base CFG": {"method": "base"},
+    "LoRA+CFG": {"method": "lora"},
+    "AutoLoRA sequential": {"method": "autolora", "branch_mode": "sequential"},
+    "AutoLoRA batched": {"method": "autolora", "branch_mode": "batched"},
+    "AutoLoRA batched, interval 0,0.5": {
+        "method": "autolora",
+        "branch_mode": "batched",
+        "interval": (0.0, 0.5),
+    },
+}
+REFERENCE_VARIANT = "LoRA+CFG"
+PROMPT = "a photo of a cat"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline and LoRA with random weights
+# ---------------------------------------------------------------------------------------------
+
+
+def _text_encoder(tokenizer: Any, hidden_size: int, with_projection: bool = False) -> CLIPTextModel:
+    """A one-layer CLIP text encoder whose width matches what the UNet's cross-attention expects."""
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=256,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=hidden_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+
+
+def _tiny_vae() -> AutoencoderKL:
+    """A narrow VAE with the standard 8x downsampling and 4 latent channels."""
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+    )
+
+
+def build_pipeline(arch: str, workdir: Path) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A text-to-image pipeline with a full-size ``arch`` UNet (random weights) and tiny other parts."""
+    torch.manual_seed(0)
+    tokenizer = build_clip_tokenizer(PROMPT.split(), workdir / "tokenizer")
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    if arch == "sd15":
+        return StableDiffusionPipeline(
+            vae=_tiny_vae(),
+            text_encoder=_text_encoder(tokenizer, 768),
+            tokenizer=tokenizer,
+            unet=UNet2DConditionModel(**SD15_UNET),
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    # SDXL concatenates the two encoders' hidden states (768 + 1280 = 2048) and adds the pooled
+    # 1280-d projection of the second one to its six 256-d time embeddings (1280 + 1536 = 2816).
+    return StableDiffusionXLPipeline(
+        vae=_tiny_vae(),
+        text_encoder=_text_encoder(tokenizer, 768),
+        text_encoder_2=_text_encoder(tokenizer, 1280, with_projection=True),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=UNet2DConditionModel(**SDXL_UNET),
+        scheduler=scheduler,
+    )
+
+
+def write_random_lora(pipe: Any, rank: int, folder: Path) -> Path:
+    """Save a random rank-``rank`` LoRA on the UNet attention projections; the UNet is left unchanged.
+
+    The adapter is added to the UNet and deleted again, rather than to a copy as the tests' tiny
+    pipelines do, so a full-size UNet is never held twice in memory.
+    """
+    adapter = "random"
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS), adapter)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            # peft starts lora_B at zero (a no-op); small random values make the LoRA change the output.
+            if "lora_B" in name:
+                param.copy_(0.01 * torch.randn(param.shape, generator=generator))
+    state = get_peft_model_state_dict(pipe.unet, adapter_name=adapter)
+    pipe.unet.delete_adapters(adapter)
+    type(pipe).save_lora_weights(folder, unet_lora_layers=state)
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DenoiserMeter:
+    """Counts UNet evaluations, the batch rows they evaluate, and the time spent inside them."""
+
+    synchronize: Callable[[], None]
+    calls: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    _start: float = field(default=0.0, repr=False)
+
+    def before(self, module: torch.nn.Module, args: tuple) -> None:
+        self.calls += 1
+        self.rows += args[0].shape[0]
+        self.synchronize()
+        self._start = time.perf_counter()
+
+    def after(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        self.synchronize()
+        self.seconds += time.perf_counter() - self._start
+
+
+@contextmanager
+def metered(unet: torch.nn.Module, synchronize: Callable[[], None]) -> Iterator[DenoiserMeter]:
+    """Attach a ``DenoiserMeter`` to ``unet`` for the duration of the block.
+
+    The hooks sit on the UNet's first and last layers, not on the UNet itself: the guidance hook
+    replaces the UNet's forward and evaluates the branches through the original forward, which
+    module hooks on the UNet would not see, while every real evaluation passes through both layers.
+    """
+    meter = DenoiserMeter(synchronize)
+    handles = [
+        unet.conv_in.register_forward_pre_hook(meter.before),
+        unet.conv_out.register_forward_hook(meter.after),
+    ]
+    try:
+        yield meter
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class Measurement:
+    """Medians over repeats for one variant; calls and rows are per image."""
+
+    seconds: float
+    denoiser_seconds: float
+    calls: int
+    rows: int
+
+
+def measure_variant(
+    pipe: Any, options: dict[str, Any], args: argparse.Namespace, synchronize: Callable[[], None]
+) -> Measurement:
+    """Generate one image ``args.repeats`` times (after a one-step warm-up) and take medians."""
+    size = args.latent_size * pipe.vae_scale_factor
+    kwargs = {"height": size, "width": size, "seed": 0, "progress": False}
+    generate(pipe, PROMPT, num_inference_steps=1, **kwargs, **options)
+    kwargs["num_inference_steps"] = args.steps
+    runs = []
+    for _ in range(args.repeats):
+        with metered(pipe.unet, synchronize) as meter:
+            synchronize()
+            start = time.perf_counter()
+            generate(pipe, PROMPT, **kwargs, **options)
+            synchronize()
+            runs.append((time.perf_counter() - start, meter))
+    return Measurement(
+        seconds=statistics.median(t for t, _ in runs),
+        denoiser_seconds=statistics.median(m.seconds for _, m in runs),
+        calls=runs[0][1].calls,
+        rows=runs[0][1].rows,
+    )
+
+
+def measure_adapter_switch(pipe: Any, repeats: int, synchronize: Callable[[], None]) -> float:
+    """Median seconds of one branch switch (LoRA off, or on) made the way ``generate`` makes it."""
+    switcher = BranchSwitcher(pipeline_modules(pipe))
+    lora_branch = dict.fromkeys(pipe.get_active_adapters())
+    times = []
+    for i in range(2 * repeats):
+        synchronize()
+        start = time.perf_counter()
+        switcher.apply({} if i % 2 == 0 else lora_branch)
+        synchronize()
+        times.append(time.perf_counter() - start)
+    switcher.restore()
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def results_table(results: dict[str, Measurement], steps: int) -> str:
+    """A Markdown table of per-image time and denoiser evaluations, with ratios to LoRA+CFG."""
+    ref = results[REFERENCE_VARIANT]
+    lines = [
+        "| method | s / image | x LoRA+CFG | UNet calls / image | UNet rows / image | x LoRA+CFG (rows) |"
+        " UNet s / step |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in results.items():
+        lines.append(
+            f"| {name} | {m.seconds:.2f} | {m.seconds / ref.seconds:.2f} | {m.calls} | {m.rows} "
+            f"| {m.rows / ref.rows:.2f} | {m.denoiser_seconds / steps:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def provenance(args: argparse.Namespace, argv: list[str], start_load: str) -> str:
+    """Machine, date, command, versions and load: what is needed to read and repeat the numbers."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line)
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        pass
+    revision = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
+    return "\n".join(
+        [
+            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+            f"- machine: {cpu}, {device}; torch threads: {torch.get_num_threads()}",
+            f"- load average (1, 5, 15 min): {start_load} at the start, {_load()} at the end",
+            f"- command: `{shlex.join(['python', 'benchmarks/guidance_speed.py', *argv])}`",
+            f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
+            f"diffusers {diffusers.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+            f"autolora git {revision or 'unknown'}",
+            f"- setup: {args.arch} UNet (full architecture, random weights), tiny text encoder and VAE, "
+            f"{args.latent_size}x{args.latent_size} latents, {args.steps} DDIM steps, batch of 1 image, "
+            f"random rank-{args.rank} LoRA on {', '.join(LORA_TARGETS)}, {args.dtype}, "
+            f"median of {args.repeats} repeats after a one-step warm-up",
+        ]
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=("sd15", "sdxl"), default="sd15", help="UNet architecture")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--latent-size",
+        type=int,
+        default=None,
+        help="latent side (default: 32 on CPU, the model's own on GPU)",
+    )
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps per image (default: 4)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per method (default: 3)")
+    parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default: 8)")
+    args = parser.parse_args(argv)
+    if args.latent_size is None:
+        native = (SD15_UNET if args.arch == "sd15" else SDXL_UNET)["sample_size"]
+        args.latent_size = 32 if args.device == "cpu" else native
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    start_load = _load()
+    device = torch.device(args.device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = build_pipeline(args.arch, Path(tmp))
+        lora_file = write_random_lora(pipe, args.rank, Path(tmp) / "lora")
+        pipe.to(device=device, dtype=getattr(torch, args.dtype))
+        load_lora(pipe, str(lora_file))
+        results = {}
+        for name, options in VARIANTS.items():
+            results[name] = measure_variant(pipe, options, args, synchronize)
+            print(f"{name}: {results[name].seconds:.2f} s/image", file=sys.stderr, flush=True)
+        switch = measure_adapter_switch(pipe, 20 * args.repeats, synchronize)
+    step = results[REFERENCE_VARIANT].denoiser_seconds / args.steps
+    report = "\n\n".join(
+        [
+            provenance(args, argv, start_load),
+            results_table(results, args.steps),
+            f"One adapter switch: {switch * 1e3:.2f} ms = {100 * switch / step:.3f} % of one LoRA+CFG "
+            f"denoising step ({step:.2f} s).",
+        ]
+    )
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
