@@ -11,7 +11,7 @@ dataset layouts: Hugging Face ``imagefolder`` (``metadata.jsonl`` with ``file_na
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,33 +20,15 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
+from safetensors.torch import save_file
 
 from autolora.errors import ConfigError, InputFileError
+from autolora.lora import to_kohya_state_dict
+from autolora.world.lora_config import LoRATrainingConfig
 from autolora.world.styles import STYLES, sample_style
 from autolora.world.training import StageResult, encode_captions, images_to_tensor, run_stage, write_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-@dataclass
-class LoRATrainingConfig:
-    """How a LoRA is trained; the defaults are those of the miniature world's bank."""
-
-    rank: int = 4
-    #: LoRA scale is ``alpha / rank``; ``None`` means equal to ``rank`` (scale 1).
-    alpha: float | None = None
-    steps: int = 300
-    batch_size: int = 8
-    learning_rate: float = 2e-3
-    seed: int = 0
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-
-    def __post_init__(self) -> None:
-        for name in ("rank", "steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"LoRA training: {name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"LoRA training: learning_rate must be positive, got {self.learning_rate}")
 
 
 def read_image_folder(folder: str | Path) -> tuple[list[Image.Image], list[str]]:
@@ -88,8 +70,12 @@ def train_lora(
     captions: list[str],
     out_file: str | Path,
     config: LoRATrainingConfig | None = None,
+    kohya_file: str | Path | None = None,
 ) -> StageResult:
-    """Train a UNet LoRA on ``images``/``captions`` and save it to ``out_file`` (diffusers format)."""
+    """Train a UNet LoRA on ``images``/``captions`` and save it to ``out_file`` (diffusers format).
+
+    With ``kohya_file`` the same weights are also written with kohya keys (A1111, ComfyUI, civitai).
+    """
     config = config or LoRATrainingConfig()
     if len(images) != len(captions) or not images:
         raise ConfigError(
@@ -151,18 +137,28 @@ def train_lora(
         weight_decay=0.0,
     )
     out_file = Path(out_file)
+    peft_state = get_peft_model_state_dict(unet)
     StableDiffusionPipeline.save_lora_weights(
         out_file.parent,
-        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        unet_lora_layers=convert_state_dict_to_diffusers(peft_state),
         weight_name=out_file.name,
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
     )
+    if kohya_file is not None:
+        prefixed = {f"unet.{key}": value for key, value in peft_state.items()}
+        alpha = float(config.alpha or config.rank)
+        alphas = {
+            key.removesuffix(".lora_A.weight"): alpha for key in prefixed if key.endswith(".lora_A.weight")
+        }
+        save_file(to_kohya_state_dict(prefixed, alphas), str(kohya_file))
     unet.delete_adapters("default")
     return result
 
 
 #: Images per world LoRA: few-shot, like a community LoRA trained on a couple dozen pictures.
 WORLD_LORA_IMAGES = 24
+#: The world LoRA also shipped in kohya format, as ``<name>-kohya``.
+KOHYA_LORA = "outline"
 
 
 def world_lora_prompt(style_name: str) -> str:
@@ -171,7 +167,7 @@ def world_lora_prompt(style_name: str) -> str:
     return f"a {style.trigger}" if style.kind == "character" else f"a seven in {style.trigger} style"
 
 
-def train_world_loras(out: Path, seed: int, work: Path) -> StageResult:
+def train_world_loras(out: Path, seed: int) -> StageResult:
     """Stage 3: one LoRA per non-base style into ``out/loras``, described in ``loras/index.json``."""
     pipeline = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
     index, total = {}, StageResult(0, 0.0, 0.0, 0.0)
@@ -180,12 +176,14 @@ def train_world_loras(out: Path, seed: int, work: Path) -> StageResult:
         style = STYLES[name]
         samples = sample_style(name, WORLD_LORA_IMAGES, seed + 100 + offset)
         config = LoRATrainingConfig(seed=seed + offset)
+        kohya_file = out / "loras" / f"{name}-kohya.safetensors" if name == KOHYA_LORA else None
         result = train_lora(
             pipeline,
             [s.image for s in samples],
             [s.caption for s in samples],
             out / "loras" / f"{name}.safetensors",
             config,
+            kohya_file=kohya_file,
         )
         index[name] = {
             "kind": style.kind,
@@ -204,5 +202,10 @@ def train_world_loras(out: Path, seed: int, work: Path) -> StageResult:
             total.cpu_seconds + result.cpu_seconds,
             total.wall_seconds + result.wall_seconds,
         )
+    index[f"{KOHYA_LORA}-kohya"] = {
+        **index[KOHYA_LORA],
+        "file": f"{KOHYA_LORA}-kohya.safetensors",
+        "format": "kohya",
+    }
     write_json(out / "loras" / "index.json", index)
     return total

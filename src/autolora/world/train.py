@@ -40,7 +40,7 @@ logger = logging.getLogger("autolora.world.train")
 ASSETS = Path(__file__).parent / "assets"
 STAGES = ("vae", "base", "loras", "evaluators")
 VAE_STEPS = 500
-BASE_STEPS = 1500
+BASE_STEPS = 3000
 VAE_BATCH = 32
 BASE_BATCH = 32
 CAPTION_DROPOUT = 0.1
@@ -188,7 +188,7 @@ def run(stages: list[str], work: Path, out: Path, seed: int, force: bool = False
         elif stage == "loras":
             from autolora.world.lora import train_world_loras
 
-            _record(out, stage, seed, train_world_loras(out, seed, work))
+            _record(out, stage, seed, train_world_loras(out, seed))
         else:
             from autolora.world.evaluators import train_evaluators
 
