@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
+import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 
 from autolora.errors import ConfigError
@@ -55,7 +57,7 @@ def run_sweep(
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be a positive integer, got {limit}")
     run_dir = Path(run_dir)
-    state = PartialState(timeout=_BARRIER_TIMEOUT)
+    state = PartialState(cpu=_cpu_processes(), timeout=_BARRIER_TIMEOUT)
     check_metrics(config)
 
     # 1. The main process prepares the folder; the others open it once it exists.
@@ -86,6 +88,18 @@ def run_sweep(
     return SweepSummary(
         owned=len(mine), generated=len(todo), skipped=len(mine) - len(todo), metrics_computed=computed
     )
+
+
+def _cpu_processes() -> bool:
+    """Whether the processes must join a CPU (gloo) process group.
+
+    accelerate's PartialState only joins a torchrun process group on CPU when told so; without a
+    GPU every process would otherwise run the whole sweep alone.
+    """
+    import torch
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or (launched and not torch.cuda.is_available())
 
 
 def check_metrics(config: SweepConfig) -> None:

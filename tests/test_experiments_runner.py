@@ -1,0 +1,217 @@
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from autolora.experiments.config import parse_config
+from autolora.experiments.index import RunIndex
+from autolora.experiments.runner import run_sweep
+from autolora.images import read_png_params
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# A stand-in for autolora.pipelines: images depend only on the prompt, seed and parameters, like
+# the real engine's (image i of a batch uses seed + i); AUTOLORA_TEST_DELAY slows it to be killed.
+FAKE_ENGINE = textwrap.dedent(
+    """
+    import hashlib, json, os, time
+    import numpy as np
+    from PIL import Image
+
+    loads = []
+
+    def load_pipeline(model, *, torch_dtype=None, device=None):
+        loads.append(model)
+        return {"model": model, "loras": []}
+
+    def load_lora(pipe, source, *, scale=1.0, adapter_name=None, weight_name=None, allow_pickle=False):
+        pipe["loras"].append(source)
+        return adapter_name or source
+
+    def generate(pipe, prompt, *, seed=0, num_images=1, progress=True, **params):
+        images = []
+        for i in range(num_images):
+            time.sleep(float(os.environ.get("AUTOLORA_TEST_DELAY", "0")))
+            text = json.dumps([pipe, prompt, seed + i, params], sort_keys=True, default=str)
+            rng = np.random.default_rng(int(hashlib.sha256(text.encode()).hexdigest()[:8], 16))
+            pixels = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+            images.append(Image.fromarray(pixels))
+        return images
+    """
+)
+
+SWEEP = {
+    "name": "test-sweep",
+    "model": "tiny",
+    "loras": [{"source": "world:character"}],
+    "prompts": ["a cat", "a dog"],
+    "seeds": {"start": 0, "count": 3},
+    "grid": {"lora_scale": [0.5, 1.0]},
+    "variants": [
+        {"name": "LoRA+CFG", "method": "lora", "cfg": 5.0},
+        {"name": "AutoLoRA+CFG", "method": "autolora", "cfg": 5.0, "gamma": 1.5},
+    ],
+    "batch_size": 2,
+}
+N_IMAGES = 2 * 2 * 2 * 3
+
+
+@pytest.fixture
+def fake_engine(monkeypatch):
+    module = types.ModuleType("autolora.pipelines")
+    exec(FAKE_ENGINE, module.__dict__)
+    monkeypatch.setitem(sys.modules, "autolora.pipelines", module)
+    return module
+
+
+def _rows(run_dir):
+    with sqlite3.connect(run_dir / "index.sqlite") as db:
+        return db.execute("SELECT key, path, sha256, item_index, process_index FROM images").fetchall()
+
+
+def _pngs(run_dir):
+    return sorted(p.relative_to(run_dir).as_posix() for p in (run_dir / "images").rglob("*.png"))
+
+
+def test_sweep_writes_one_indexed_png_per_work_item(tmp_path, fake_engine):
+    config = parse_config(SWEEP)
+    summary = run_sweep(config, tmp_path, progress=False)
+    rows = _rows(tmp_path)
+    assert summary.generated == N_IMAGES and summary.skipped == 0
+    assert sorted(r[0] for r in rows) == sorted(i.key for i in config.work_items())
+    assert sorted(r[1] for r in rows) == _pngs(tmp_path)
+    item = config.work_items()[-1]
+    params = read_png_params(tmp_path / item.relative_path)
+    assert params == json.loads(json.dumps({**item.record(), "key": item.key}))
+    assert fake_engine.loads == ["tiny"]  # one pipeline for the whole sweep
+
+
+def test_index_records_parameters_versions_and_file_hash(tmp_path, fake_engine):
+    run_sweep(parse_config(SWEEP), tmp_path, progress=False)
+    with RunIndex(tmp_path) as index:
+        images = index.images()
+    import hashlib
+
+    first = images.iloc[0]
+    assert hashlib.sha256((tmp_path / first["path"]).read_bytes()).hexdigest() == first["sha256"]
+    assert {"torch", "diffusers", "autolora"} <= set(json.loads(first["versions"]))
+    assert json.loads(first["params"])["cfg_lora"] == 5.0
+    assert first["config_hash"] == parse_config(SWEEP).hash
+
+
+def test_batched_and_single_image_runs_give_identical_files(tmp_path, fake_engine):
+    run_sweep(parse_config({**SWEEP, "batch_size": 3}), tmp_path / "batched", progress=False)
+    run_sweep(parse_config({**SWEEP, "batch_size": 1}), tmp_path / "single", progress=False)
+    batched = {r[1]: r[2] for r in _rows(tmp_path / "batched")}
+    single = {r[1]: r[2] for r in _rows(tmp_path / "single")}
+    assert batched == single
+
+
+def test_rerun_skips_finished_images_and_adds_new_seeds(tmp_path, fake_engine):
+    run_sweep(parse_config(SWEEP), tmp_path, progress=False)
+    again = run_sweep(parse_config(SWEEP), tmp_path, progress=False)
+    assert again.generated == 0 and again.skipped == N_IMAGES
+    more = run_sweep(parse_config({**SWEEP, "seeds": {"start": 0, "count": 4}}), tmp_path, progress=False)
+    assert more.generated == N_IMAGES // 3 and more.skipped == N_IMAGES
+    assert len(_rows(tmp_path)) == len(_pngs(tmp_path)) == N_IMAGES // 3 * 4
+
+
+def test_image_written_but_not_indexed_is_indexed_without_regenerating(tmp_path, fake_engine):
+    config = parse_config(SWEEP)
+    run_sweep(config, tmp_path, progress=False)
+    lost = config.work_items()[5]
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
+        db.execute("DELETE FROM images WHERE key = ?", (lost.key,))
+    (tmp_path / "images" / ".leftover.png.tmp").write_bytes(b"partial")
+    summary = run_sweep(config, tmp_path, progress=False)
+    assert summary.generated == 0
+    assert len(_rows(tmp_path)) == N_IMAGES
+    assert not list((tmp_path / "images").rglob("*.tmp"))
+
+
+def test_limit_runs_the_first_items_of_the_stable_order(tmp_path, fake_engine):
+    config = parse_config(SWEEP)
+    run_sweep(config, tmp_path, limit=5, progress=False)
+    assert sorted(r[3] for r in _rows(tmp_path)) == [0, 1, 2, 3, 4]
+
+
+def _launcher(tmp_path, argv):
+    """A script that runs the CLI with the stand-in engine (what ``python -m autolora`` does with the real one)."""
+    (tmp_path / "fake_pipelines.py").write_text(FAKE_ENGINE)
+    script = tmp_path / "launch.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.path[:0] = [{str(tmp_path)!r}, {str(SRC)!r}]
+            import fake_pipelines
+            sys.modules["autolora.pipelines"] = fake_pipelines
+            from autolora.cli import main
+            raise SystemExit(main({argv!r}))
+            """
+        )
+    )
+    return script
+
+
+def _env(**extra):
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC), **extra}
+
+
+def test_kill_9_mid_run_then_resume_gives_exactly_the_expected_rows_and_files(tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"  # JSON is YAML
+    sweep_file.write_text(json.dumps(SWEEP))
+    run_dir = tmp_path / "run"
+    script = _launcher(tmp_path, ["sweep", str(sweep_file), "--out", str(run_dir), "--no-progress"])
+    process = subprocess.Popen([sys.executable, str(script)], env=_env(AUTOLORA_TEST_DELAY="0.15"))
+    deadline = time.monotonic() + 120
+    while (not (run_dir / "images").is_dir() or len(_pngs(run_dir)) < 4) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_with = len(_pngs(run_dir))
+    assert 4 <= killed_with < N_IMAGES
+
+    subprocess.run([sys.executable, str(script)], env=_env(), check=True, timeout=300)
+    rows = _rows(run_dir)
+    expected = sorted(i.key for i in parse_config(SWEEP).work_items())
+    assert sorted(r[0] for r in rows) == expected  # every item once: no loss, no duplicate
+    assert sorted(r[1] for r in rows) == _pngs(run_dir)
+    assert not list(run_dir.rglob("*.tmp"))
+    for _, path, *_ in rows:
+        Image.open(run_dir / path).verify()
+
+
+def test_two_processes_split_the_work_without_overlap_into_one_index(tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(json.dumps(SWEEP))
+    run_dir = tmp_path / "run"
+    script = _launcher(tmp_path, ["sweep", str(sweep_file), "--out", str(run_dir), "--no-progress"])
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+    ]
+    subprocess.run([*launch, str(script)], env=_env(), check=True, timeout=300, capture_output=True)
+    rows = _rows(run_dir)
+    assert sorted(r[0] for r in rows) == sorted(i.key for i in parse_config(SWEEP).work_items())
+    assert {r[4] for r in rows} == {0, 1}
+    assert all(item_index % 2 == rank for _, _, _, item_index, rank in rows)
+    assert len(_pngs(run_dir)) == N_IMAGES
