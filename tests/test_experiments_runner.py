@@ -215,3 +215,72 @@ def test_two_processes_split_the_work_without_overlap_into_one_index(tmp_path):
     assert {r[4] for r in rows} == {0, 1}
     assert all(item_index % 2 == rank for _, _, _, item_index, rank in rows)
     assert len(_pngs(run_dir)) == N_IMAGES
+
+
+@pytest.fixture
+def fake_metrics(monkeypatch):
+    """A registered image-level metric and an ``evaluate`` that records its calls."""
+    import numpy as np
+    import pandas as pd
+
+    import autolora.metrics
+    from autolora.metrics import registry
+
+    class Brightness(registry.Metric):
+        level = "image"
+
+        def compute(self, records, *, reference=None, inputs=None):
+            return [{"brightness": float(np.asarray(r.image).mean())} for r in records]
+
+    calls = []
+
+    def evaluate(records, metrics, *, group_by=("prompt",), reference=None, cache_dir=None, options=None):
+        calls.append({"n": len(records), "group_by": group_by, "metrics": list(metrics)})
+        rows = Brightness().compute(records)
+        per_group = {"brightness": sum(r["brightness"] for r in rows) / len(rows), "n_images": len(rows)}
+        return types.SimpleNamespace(per_image=pd.DataFrame(rows), per_group=pd.DataFrame([per_group]))
+
+    monkeypatch.setitem(registry._REGISTRY, "brightness", Brightness)
+    monkeypatch.setattr(autolora.metrics, "evaluate", evaluate, raising=False)
+    return calls
+
+
+def test_metrics_are_computed_per_group_stored_and_not_recomputed(tmp_path, fake_engine, fake_metrics):
+    sweep = {**SWEEP, "metrics": {"names": ["brightness"]}}
+    summary = run_sweep(parse_config(sweep), tmp_path, progress=False)
+    assert summary.metrics_computed
+    assert len(fake_metrics) == 2 * 2 * 2  # variant x lora_scale x prompt, each with its 3 seeds
+    assert {c["n"] for c in fake_metrics} == {3}
+    with RunIndex(tmp_path) as index:
+        per_image, per_group = index.metrics("image"), index.metrics("group")
+        keys = set(index.images()["key"])
+    assert set(per_image["key"]) == keys and len(per_image) == N_IMAGES
+    assert len(per_group) == 8 and set(per_group.columns) >= {"variant", "lora_scale", "prompt", "brightness"}
+    params = _params_by_key(tmp_path)
+    per_image = per_image.assign(
+        **{k: [params[key][k] for key in per_image["key"]] for k in ("variant", "prompt")}
+    )
+    per_image["lora_scale"] = [params[key]["lora_scale"] for key in per_image["key"]]
+    for row in per_group.itertuples():
+        members = per_image[
+            (per_image.variant == row.variant)
+            & (per_image.lora_scale == row.lora_scale)
+            & (per_image.prompt == row.prompt)
+        ]
+        assert len(members) == 3 and row.brightness == pytest.approx(members["brightness"].mean())
+    again = run_sweep(parse_config(sweep), tmp_path, progress=False)
+    assert not again.metrics_computed and len(fake_metrics) == 8
+
+
+def _params_by_key(run_dir):
+    with RunIndex(run_dir) as index:
+        images = index.images()
+    return {key: json.loads(params) for key, params in zip(images["key"], images["params"], strict=True)}
+
+
+def test_unknown_metric_fails_before_any_image_is_made(tmp_path, fake_engine):
+    from autolora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown metric 'sharpnes'"):
+        run_sweep(parse_config({**SWEEP, "metrics": {"names": ["sharpnes"]}}), tmp_path, progress=False)
+    assert not (tmp_path / "images").exists()

@@ -43,6 +43,7 @@ class RunData:
 
     name: str
     axes: list[str]
+    group_by: list[str]
     variants: list[str]
     images: pd.DataFrame
     per_image: pd.DataFrame
@@ -72,11 +73,11 @@ def load_run(run_dir: str | Path) -> RunData:
         raise InputFileError(f"{str(run_dir)!r} holds no image yet; run autolora sweep first")
     params = pd.DataFrame([json.loads(p) for p in images["params"]])
     images = pd.concat([images.drop(columns=["variant", "prompt", "seed"]), params], axis=1)
-    axes = [key for key, values in config["grid"].items() if len(values) > 1]
     variants = [v["name"] for v in config["variants"]] or ["default"]
     return RunData(
         name=config["name"],
-        axes=axes,
+        axes=config["axes"],
+        group_by=config["group_by"],
         variants=variants,
         images=images,
         per_image=per_image,
@@ -89,9 +90,11 @@ def summarize(run: RunData) -> pd.DataFrame:
     """One row per (variant, grid point, metric): mean, 95% CI bounds, n and what n counts."""
     cells = ["variant", *run.axes]
     rows = []
+    per_group = _groups_with_image_means(run)
+    by_image_frame = _with_cells(run, cells)
     for metric in _metric_columns(run):
-        by_group = _cell_values(run.per_group, cells, metric)
-        by_image = _cell_values(_with_cells(run, cells), cells, metric)
+        by_group = _cell_values(per_group, cells, metric)
+        by_image = _cell_values(by_image_frame, cells, metric)
         for cell in sorted(set(by_group) | set(by_image), key=_sort_key):
             values, unit = by_group.get(cell, []), "groups"
             if len(values) < 2 and len(by_image.get(cell, [])) >= 2:
@@ -183,6 +186,20 @@ def _metric_columns(run: RunData) -> list[str]:
                 found.append(column)
     ordered = [m for m in run.metric_names if m in found]
     return ordered + [c for c in found if c not in ordered]
+
+
+def _groups_with_image_means(run: RunData) -> pd.DataFrame:
+    """Per-group metrics, completed with the group means of image-level metrics the groups lack."""
+    image_only = [
+        c for c in _metric_columns(run) if c in run.per_image.columns and c not in run.per_group.columns
+    ]
+    if not image_only:
+        return run.per_group
+    means = _with_cells(run, run.group_by).groupby(run.group_by, dropna=False, sort=False)[image_only].mean()
+    means = means.reset_index()
+    if run.per_group.empty or not set(run.group_by) <= set(run.per_group.columns):
+        return means
+    return run.per_group.merge(means, on=run.group_by, how="outer")
 
 
 def _with_cells(run: RunData, cells: list[str]) -> pd.DataFrame:

@@ -66,7 +66,8 @@ def run_sweep(
         _remove_partial_writes(run_dir)
         with RunIndex(run_dir) as index:
             index.add_sweep(config.hash, config.name, config.to_dict())
-        (run_dir / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        described = {**config.to_dict(), "axes": config.swept_keys(), "group_by": config.group_by}
+        (run_dir / CONFIG_NAME).write_text(json.dumps(described, indent=2, sort_keys=True))
     state.wait_for_everyone()
 
     # 2. Every process takes its share of the work items and skips those already done.
