@@ -1,0 +1,134 @@
+"""Loading LoRAs into a pipeline (checked, stackable) and writing a diffusers LoRA in kohya format."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from autolora.branches import adapter_scales
+from autolora.errors import ConfigError, IncompatibleLoRAError, InputFileError
+
+# Formats that are Python pickles: loading one can run arbitrary code.
+PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin"})
+
+# diffusers component prefix -> kohya key prefix.
+KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+
+
+def load_lora(
+    pipe: Any,
+    source: str,
+    *,
+    scale: float = 1.0,
+    adapter_name: str | None = None,
+    weight_name: str | None = None,
+    allow_pickle: bool = False,
+) -> str:
+    """Load a LoRA into ``pipe`` as a new active adapter at ``scale``, beside those already active.
+
+    ``source`` is a local file or folder, a Hub id (with ``weight_name``), or ``"world:<name>"``.
+    diffusers/PEFT and kohya/civitai formats load through diffusers' own loaders. Returns the adapter name.
+    """
+    if not scale >= 0:
+        raise ConfigError(f"LoRA scale must be >= 0, got {scale}")
+    if source.startswith("world:"):
+        from autolora.world.assets import lora_path
+
+        source = str(lora_path(source.removeprefix("world:")))
+    loaded = {name for names in pipe.get_list_adapters().values() for name in names}
+    name = adapter_name or _free_name(Path(weight_name or source).stem, loaded)
+    if name in loaded:
+        raise ConfigError(f"an adapter named {name!r} is already loaded; pass another adapter_name")
+    active = adapter_scales(pipe)
+
+    lora, options = _read(source, weight_name, allow_pickle)
+    try:
+        pipe.load_lora_weights(lora, adapter_name=name, **options)
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        _forget(pipe, name)
+        raise IncompatibleLoRAError(f"LoRA {source} does not fit {type(pipe).__name__}: {error}") from error
+    except OSError as error:
+        raise InputFileError(f"cannot load LoRA {source!r}: {error}") from error
+    if name not in {n for names in pipe.get_list_adapters().values() for n in names}:
+        keys = sorted(lora)[:3] if isinstance(lora, dict) else []
+        raise IncompatibleLoRAError(
+            f"no module of {type(pipe).__name__} matches the LoRA {source} (its keys look like {keys})"
+        )
+    pipe.set_adapters([*active, name], adapter_weights=[*active.values(), scale])
+    return name
+
+
+def _free_name(stem: str, taken: set[str]) -> str:
+    base = re.sub(r"\W", "_", stem) or "lora"
+    name, index = base, 1
+    while name in taken:
+        index += 1
+        name = f"{base}_{index}"
+    return name
+
+
+def _read(source: str, weight_name: str | None, allow_pickle: bool) -> tuple[Any, dict[str, Any]]:
+    """A local LoRA file's state dict (checked), or the Hub id / folder with the options diffusers needs."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / weight_name if weight_name else path
+    if not path.exists():
+        if path.is_absolute() or source.startswith(".") or Path(source).suffix or source.count("/") != 1:
+            raise InputFileError(f"LoRA file not found: {path}")
+        # A Hub id: diffusers downloads it; without allow_pickle only safetensors files are accepted.
+        return source, {"weight_name": weight_name, "use_safetensors": None if allow_pickle else True}
+    if path.is_dir():
+        return str(path), {"use_safetensors": None if allow_pickle else True}
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise InputFileError(
+                f"{path.name} is a pickle ({path.suffix}), which can run code when loaded; "
+                "convert it to .safetensors or pass allow_pickle=True if you trust its source"
+            )
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False), {}
+        except Exception as error:
+            raise InputFileError(f"cannot read LoRA file {path}: {error}") from error
+    try:
+        return load_file(path), {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise InputFileError(f"corrupt or unreadable safetensors file {path}: {error}") from error
+
+
+def _forget(pipe: Any, name: str) -> None:
+    """Remove whatever a failed load left of adapter ``name``."""
+    if any(name in names for names in pipe.get_list_adapters().values()):
+        pipe.delete_adapters(name)
+
+
+def to_kohya_state_dict(
+    state_dict: dict[str, torch.Tensor], alphas: dict[str, float] | None = None
+) -> dict[str, torch.Tensor]:
+    """A diffusers-format UNet LoRA (``unet.<module>.lora_A.weight`` ...) as kohya keys.
+
+    kohya names a module by its diffusers path with ``_`` for ``.`` under ``lora_unet`` / ``lora_te1`` /
+    ``lora_te2``, calls A/B ``lora_down``/``lora_up``, and stores ``alpha`` per module (default: the rank, so
+    the scale alpha/rank is 1, as in a diffusers file without alphas). ``alphas`` maps diffusers module paths
+    (``unet.<module>``) to alpha. Transformer LoRAs (SD3, Flux) use the original model's names in kohya
+    files, which this renaming cannot produce, so they are refused.
+    """
+    kohya: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        match = re.fullmatch(r"(\w+?)\.(.+)\.lora_([AB])\.weight", key)
+        if match is None or match[1] not in KOHYA_PREFIXES:
+            raise ConfigError(
+                f"cannot convert {key!r}: expected <{'|'.join(KOHYA_PREFIXES)}>.<module>.lora_A/B.weight"
+            )
+        component, module, side = match.groups()
+        kohya_module = f"{KOHYA_PREFIXES[component]}_{module.replace('.', '_')}"
+        kohya[f"{kohya_module}.lora_{'down' if side == 'A' else 'up'}.weight"] = tensor
+        if side == "A":
+            rank = tensor.shape[0]
+            alpha = (alphas or {}).get(f"{component}.{module}", rank)
+            kohya[f"{kohya_module}.alpha"] = torch.tensor(float(alpha))
+    return kohya
