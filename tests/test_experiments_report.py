@@ -1,11 +1,9 @@
 import math
 import re
-import sys
-import types
 
 import pandas as pd
 import pytest
-from test_experiments_runner import FAKE_ENGINE, SWEEP
+from test_experiments_runner import sweep_of, tiny  # noqa: F401 (tiny is a fixture)
 
 from autolora.cli import main
 from autolora.errors import ConfigError, InputFileError
@@ -15,13 +13,11 @@ from autolora.experiments.report import build_report, load_run, mean_ci95, summa
 from autolora.experiments.runner import run_sweep
 
 
-@pytest.fixture
-def run_dir(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny):  # noqa: F811
     """A finished sweep with an image-level metric (brightness) and a group-level one (spread)."""
-    engine = types.ModuleType("autolora.pipelines")
-    exec(FAKE_ENGINE, engine.__dict__)
-    monkeypatch.setitem(sys.modules, "autolora.pipelines", engine)
-    config = parse_config(SWEEP)
+    tmp_path = tmp_path_factory.mktemp("run")
+    config = parse_config(sweep_of(tiny))
     run_sweep(config, tmp_path, progress=False)
     with RunIndex(tmp_path) as index:
         images = index.images()
@@ -63,9 +59,11 @@ def test_summary_holds_the_means_of_the_index_numbers(run_dir):
 
 def test_image_level_interval_is_over_seeds_when_a_cell_has_one_group(run_dir):
     run = load_run(run_dir)
-    one_prompt = run.per_group[run.per_group.prompt == "a cat"]
+    one_prompt = run.per_group[run.per_group.prompt == "a photo of cat"]
     run.per_group = one_prompt.drop(columns=["prompt"])
-    run.per_image = run.per_image[run.per_image.key.isin(run.images.key[run.images.prompt == "a cat"])]
+    run.per_image = run.per_image[
+        run.per_image.key.isin(run.images.key[run.images.prompt == "a photo of cat"])
+    ]
     summary = summarize(run)
     brightness = summary[summary.metric == "brightness"]
     assert set(brightness["over"]) == {"images"} and set(brightness["n"]) == {3}

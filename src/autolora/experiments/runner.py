@@ -184,7 +184,7 @@ def _generate(
     progress: bool,
 ) -> None:
     """Generate ``todo``: one pipeline per (model, LoRA set), consecutive seeds batched together."""
-    from autolora import pipelines
+    import autolora
 
     # Items of one setup are contiguous after a stable sort, so each pipeline is loaded once.
     setups = list(dict.fromkeys(item.setup for item in todo))
@@ -198,9 +198,9 @@ def _generate(
     )
     with bar:
         for (model, loras), group in itertools.groupby(ordered, key=lambda item: item.setup):
-            pipe = pipelines.load_pipeline(model, torch_dtype=_dtype(config.torch_dtype), device=state.device)
+            pipe = autolora.load_pipeline(model, torch_dtype=_dtype(config.torch_dtype), device=state.device)
             for lora in loras:
-                pipelines.load_lora(
+                autolora.load_lora(
                     pipe,
                     lora.source,
                     scale=lora.scale,
@@ -209,7 +209,7 @@ def _generate(
                 )
             for batch in _batches(list(group), config.batch_size):
                 first = batch[0]
-                images = pipelines.generate(
+                images = autolora.generate(
                     pipe,
                     first.prompt,
                     **_generate_kwargs(first.params),
