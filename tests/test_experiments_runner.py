@@ -6,7 +6,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -210,58 +209,59 @@ def test_two_processes_split_the_work_without_overlap_into_one_index(tmp_path, t
 
 
 @pytest.fixture
-def fake_metrics(monkeypatch):
-    """A registered image-level metric and an ``evaluate`` that records its calls."""
-    import numpy as np
-    import pandas as pd
-
+def brightness_metric(monkeypatch):
+    """A registered image-level metric, and the sizes of the image sets ``evaluate`` is called with."""
     import autolora.metrics
     from autolora.metrics import registry
 
     class Brightness(registry.Metric):
+        name = "brightness"
         level = "image"
 
         def compute(self, records, *, reference=None, inputs=None):
             return [{"brightness": float(np.asarray(r.image).mean())} for r in records]
 
     calls = []
+    evaluate = autolora.metrics.evaluate
 
-    def evaluate(records, metrics, *, group_by=("prompt",), reference=None, cache_dir=None, options=None):
-        calls.append({"n": len(records), "group_by": group_by, "metrics": list(metrics)})
-        rows = Brightness().compute(records)
-        per_group = {"brightness": sum(r["brightness"] for r in rows) / len(rows), "n_images": len(rows)}
-        return types.SimpleNamespace(per_image=pd.DataFrame(rows), per_group=pd.DataFrame([per_group]))
+    def counting(records, metrics, **kwargs):
+        calls.append(len(records))
+        return evaluate(records, metrics, **kwargs)
 
     monkeypatch.setitem(registry._REGISTRY, "brightness", Brightness)
-    monkeypatch.setattr(autolora.metrics, "evaluate", evaluate, raising=False)
+    monkeypatch.setattr(autolora.metrics, "evaluate", counting)
     return calls
 
 
-def test_metrics_are_computed_per_group_stored_and_not_recomputed(tmp_path, tiny, fake_metrics):
+def test_metrics_are_computed_per_group_stored_and_not_recomputed(tmp_path, tiny, brightness_metric):
     sweep = sweep_of(tiny, metrics={"names": ["brightness"]})
     summary = run_sweep(parse_config(sweep), tmp_path, progress=False)
-    assert summary.metrics_computed
-    assert len(fake_metrics) == 2 * 2 * 2  # variant x lora_scale x prompt, each with its 3 seeds
-    assert {c["n"] for c in fake_metrics} == {3}
+    assert summary.metrics_computed and brightness_metric == [N_IMAGES]
     with RunIndex(tmp_path) as index:
         per_image, per_group = index.metrics("image"), index.metrics("group")
         keys = set(index.images()["key"])
     assert set(per_image["key"]) == keys and len(per_image) == N_IMAGES
-    assert len(per_group) == 8 and set(per_group.columns) >= {"variant", "lora_scale", "prompt", "brightness"}
+    assert len(per_group) == 2 * 2 * 2  # variant x lora_scale x prompt, each with its 3 seeds
+    assert set(per_group["n"]) == {3}
     params = _params_by_key(tmp_path)
-    per_image = per_image.assign(
-        **{k: [params[key][k] for key in per_image["key"]] for k in ("variant", "prompt")}
-    )
-    per_image["lora_scale"] = [params[key]["lora_scale"] for key in per_image["key"]]
     for row in per_group.itertuples():
-        members = per_image[
-            (per_image.variant == row.variant)
-            & (per_image.lora_scale == row.lora_scale)
-            & (per_image.prompt == row.prompt)
+        members = [
+            value
+            for key, value in zip(per_image["key"], per_image["brightness"], strict=True)
+            if (params[key]["variant"], params[key]["lora_scale"], params[key]["prompt"])
+            == (row.variant, row.lora_scale, row.prompt)
         ]
-        assert len(members) == 3 and row.brightness == pytest.approx(members["brightness"].mean())
+        assert len(members) == 3 and row.brightness == pytest.approx(np.mean(members))
     again = run_sweep(parse_config(sweep), tmp_path, progress=False)
-    assert not again.metrics_computed and len(fake_metrics) == 8
+    assert not again.metrics_computed and brightness_metric == [N_IMAGES]
+
+
+def test_metrics_evaluate_whole_groups_in_bounded_chunks(tmp_path, tiny, brightness_metric, monkeypatch):
+    monkeypatch.setattr("autolora.experiments.evaluation._CHUNK_IMAGES", 7)
+    run_sweep(parse_config(sweep_of(tiny, metrics={"names": ["brightness"]})), tmp_path, progress=False)
+    assert brightness_metric == [6] * 4  # two 3-image groups per call, never a split group
+    with RunIndex(tmp_path) as index:
+        assert len(index.metrics("group")) == 8 and len(index.metrics("image")) == N_IMAGES
 
 
 def _params_by_key(run_dir):

@@ -178,11 +178,15 @@ def build_report(
 
 def _metric_columns(run: RunData) -> list[str]:
     """Numeric metric columns, the configured metrics first."""
-    known = set(run.images.columns) | {"key", "variant", "prompt", "seed", *run.axes}
+    # "n" and "<metric>_n_failed" count images, they are not measurements.
+    known = set(run.images.columns) | {"key", "variant", "prompt", "seed", "n", *run.axes, *run.group_by}
     found = []
     for frame in (run.per_group, run.per_image):
         for column in frame.columns:
-            if column not in known and column not in found and pd.api.types.is_numeric_dtype(frame[column]):
+            numeric = pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(
+                frame[column]
+            )
+            if numeric and column not in known and column not in found and not column.endswith("_n_failed"):
                 found.append(column)
     ordered = [m for m in run.metric_names if m in found]
     return ordered + [c for c in found if c not in ordered]
