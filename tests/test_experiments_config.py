@@ -100,6 +100,11 @@ def test_cfg_sets_both_guidance_scales():
         (_with(grid={"gamma": [-1.0]}), "grid.gamma: must be >= 0"),
         (_with(generate={"method": "cfg++"}), "generate.method: 'cfg++' is not one of autolora, lora, base"),
         (_with(generate={"num_inference_steps": 2.5}), "generate.num_inference_steps: expected a int"),
+        (
+            _with(generate={"branch_mode": "fused"}),
+            "generate.branch_mode: 'fused' is not one of batched, sequential",
+        ),
+        (_with(grid={"reference": [[0.5]]}), "grid.reference: expected str or int or float or dict"),
         (_with(generate={"interval": [0.8, 0.2]}), "generate.interval: expected [start, end]"),
         (_with(generate={"cfg": 5.0}, grid={"cfg_base": [1.0]}), "'cfg' sets both guidance scales"),
         (_with(seeds={"start": 0, "count": 0}), "seeds.count: expected a positive integer"),

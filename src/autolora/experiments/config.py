@@ -53,6 +53,7 @@ import tomllib
 from autolora.errors import ConfigError, InputFileError
 
 Method = Literal["autolora", "lora", "base"]
+BranchMode = Literal["batched", "sequential"]
 TorchDType = Literal["float32", "float16", "bfloat16"]
 
 #: Generation parameters a sweep may set in ``[generate]``, a variant or the grid, with their types.
@@ -71,7 +72,8 @@ GENERATION_KEYS: dict[str, type | tuple[type, ...]] = {
     "width": int,
     "interval": list,
     "branch_mode": str,
-    "reference": str,
+    # "base", one scale for the LoRAs in the reference branch, or a table adapter -> scale.
+    "reference": (str, int, float, dict),
 }
 
 #: Parameters of AutoLoRA guidance (Eq. 7) that the "lora" and "base" methods ignore.
@@ -410,8 +412,9 @@ def _check_value(key: str, value: Any, where: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"{where}: expected {_kind_name(kind)}, got {value!r}")
-    if key == "method" and value not in get_args(Method):
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(get_args(Method))}")
+    for name, choices in (("method", Method), ("branch_mode", BranchMode)):
+        if key == name and value not in get_args(choices):
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(get_args(choices))}")
     if key in ("gamma", "gamma_end", "cfg", "cfg_base", "cfg_lora", "lora_scale") and value < 0:
         raise ConfigError(f"{where}: must be >= 0, got {value!r}")
     if key in ("num_inference_steps", "height", "width") and value < 1:
@@ -425,7 +428,9 @@ def _check_value(key: str, value: Any, where: str) -> None:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    return "a number" if isinstance(kind, tuple) else f"a {kind.__name__}"
+    if isinstance(kind, tuple):
+        return "a number" if kind == (int, float) else " or ".join(k.__name__ for k in kind)
+    return f"a {kind.__name__}"
 
 
 def _parse_grid(raw: Any) -> dict[str, list[Any]]:
