@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ def pipeline_loads(monkeypatch):
 
 
 def _rows(run_dir):
-    with sqlite3.connect(run_dir / "index.sqlite") as db:
+    with closing(sqlite3.connect(run_dir / "index.sqlite")) as db:
         return db.execute("SELECT key, path, sha256, item_index, process_index FROM images").fetchall()
 
 
@@ -128,8 +129,9 @@ def test_image_written_but_not_indexed_is_indexed_without_regenerating(tmp_path,
     config = parse_config(sweep_of(tiny))
     run_sweep(config, tmp_path, progress=False)
     lost = config.work_items()[5]
-    with sqlite3.connect(tmp_path / "index.sqlite") as db:
+    with closing(sqlite3.connect(tmp_path / "index.sqlite")) as db:
         db.execute("DELETE FROM images WHERE key = ?", (lost.key,))
+        db.commit()
     (tmp_path / "images" / ".leftover.png.tmp").write_bytes(b"partial")
     summary = run_sweep(config, tmp_path, progress=False)
     assert summary.generated == 0

@@ -2,9 +2,9 @@
 
 Every image row is written in its own transaction right after its PNG has been renamed into
 place, under the image's unique key, so a run killed at any moment keeps every finished image
-and never holds a row twice. WAL mode and a busy timeout let the processes of a multi-GPU run
-write to the same file at once (WAL needs them on one host, or a file system with working
-POSIX locks and shared memory: see docs/experiments.md).
+and never holds a row twice. A busy timeout lets the processes of a multi-GPU run write to the
+same file at once; on one host in WAL mode (readers never block the writer), across nodes in
+rollback-journal mode, since WAL's shared memory does not reach across machines.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
 INDEX_NAME = "index.sqlite"
+JournalMode = Literal["WAL", "DELETE"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -56,13 +57,15 @@ _BUSY_TIMEOUT_S = 120
 class RunIndex:
     """The index of one run folder; each process of a sweep opens its own connection."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, journal_mode: JournalMode | None = None) -> None:
+        """Open (or create) the index; ``journal_mode`` is persistent, so only its creator sets it."""
         self.path = Path(run_dir) / INDEX_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: every statement outside an explicit BEGIN is its own transaction.
         self._db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
-        self._db.execute("PRAGMA journal_mode = WAL")
+        if journal_mode is not None:
+            self._db.execute(f"PRAGMA journal_mode = {journal_mode}")
         # FULL syncs the WAL at every commit: a committed row survives a crash of the machine too.
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(_SCHEMA)

@@ -64,7 +64,9 @@ def run_sweep(
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         _remove_partial_writes(run_dir)
-        with RunIndex(run_dir) as index:
+        # WAL needs memory shared by every writer: one host. Across nodes the rollback journal works.
+        one_host = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes)) == state.num_processes
+        with RunIndex(run_dir, journal_mode="WAL" if one_host else "DELETE") as index:
             index.add_sweep(config.hash, config.name, config.to_dict())
         described = {**config.to_dict(), "axes": config.swept_keys(), "group_by": config.group_by}
         (run_dir / CONFIG_NAME).write_text(json.dumps(described, indent=2, sort_keys=True))
