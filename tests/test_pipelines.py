@@ -102,12 +102,13 @@ def test_batched_equals_sequential_without_cfg(pipe):
     assert np.abs(batched - sequential).max() < 1e-5
 
 
-def test_integrated_result_equals_step_by_step_algorithm_2(pipe, kind):
+@pytest.mark.parametrize(("w_base", "w_lora"), [(W_BASE, W_LORA), (1.0, W_LORA), (W_BASE, 1.0)])
+def test_integrated_result_equals_step_by_step_algorithm_2(pipe, kind, w_base, w_lora):
     gamma = 1.5
     integrated = generate(
-        pipe, PROMPT, gamma=gamma, cfg_base=W_BASE, cfg_lora=W_LORA, output_type="latent", **_options()
+        pipe, PROMPT, gamma=gamma, cfg_base=w_base, cfg_lora=w_lora, output_type="latent", **_options()
     )
-    reference = _reference_algorithm_2(pipe, kind, gamma=gamma, w_base=W_BASE, w_lora=W_LORA)
+    reference = _reference_algorithm_2(pipe, kind, gamma=gamma, w_base=w_base, w_lora=w_lora)
     assert (integrated - reference).abs().max() <= 1e-5 * reference.abs().max()
 
 
@@ -183,6 +184,29 @@ def test_reference_scale_zero_equals_base_reference(pipe):
     assert np.abs(_generate(pipe, reference=0.0) - _generate(pipe)).max() < 1e-5
 
 
+def test_reference_adapter_set_guides_from_another_lora(pipe, tmp_path):
+    other = load_lora(pipe, str(random_lora_file(pipe, tmp_path / "other.safetensors", seed=7)))
+    pipe.set_adapters([other])
+    other_only = _generate(pipe, method="lora", cfg_lora=W_BASE)
+    pipe.set_adapters(["style"])
+    guided = _generate(pipe, reference={other: 1.0}, gamma=0.0)
+    assert np.abs(guided - other_only).max() < 1e-5
+    batched = _generate(pipe, reference={other: 0.7}, gamma=1.5)
+    sequential = _generate(pipe, reference={other: 0.7}, gamma=1.5, branch_mode="sequential")
+    assert np.abs(batched - sequential).max() < 1e-5
+
+
+def test_adapter_state_restored_when_the_pipeline_fails(pipe):
+    state = _adapter_state(pipe)
+
+    def fail(*_):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        _generate(pipe, callback_on_step_end=fail)
+    assert _adapter_state(pipe) == state
+
+
 def test_lora_scale_zero_lora_branch_equals_base(pipe):
     assert (
         np.abs(
@@ -216,6 +240,7 @@ def test_text_encoder_lora_base_branch_uses_base_encoder_embeddings(kind, tmp_pa
         ({"reference": -0.5}, "reference"),
         ({"num_images": 0}, "num_images"),
         ({"guidance_scale": 3.0}, "cfg_base"),
+        ({"guidance_rescale": 0.7}, "guidance_rescale"),
     ],
 )
 def test_bad_generate_arguments_raise_config_error(options, message, tmp_path):

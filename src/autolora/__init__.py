@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 # Public API -> defining module. Imported on first use (PEP 562) so that ``import autolora.errors`` or the
 # CLI's ``--help`` do not pay for importing torch and diffusers.
 _EXPORTS = {
+    "AutoLoRAGuidance": "autolora.modular_guider",
     "default_cfg_scale": "autolora.pipelines",
     "generate": "autolora.pipelines",
     "load_pipeline": "autolora.pipelines",
@@ -17,10 +18,18 @@ _EXPORTS = {
     "to_kohya_state_dict": "autolora.lora",
 }
 
-__all__ = ["default_cfg_scale", "generate", "load_lora", "load_pipeline", "to_kohya_state_dict"]
+__all__ = [
+    "AutoLoRAGuidance",
+    "default_cfg_scale",
+    "generate",
+    "load_lora",
+    "load_pipeline",
+    "to_kohya_state_dict",
+]
 
 if TYPE_CHECKING:
     from autolora.lora import load_lora, to_kohya_state_dict
+    from autolora.modular_guider import AutoLoRAGuidance
     from autolora.pipelines import default_cfg_scale, generate, load_pipeline
 
 

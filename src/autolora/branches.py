@@ -70,13 +70,16 @@ class BranchSwitcher:
 
     def apply(self, branch: Branch) -> None:
         """Make ``branch`` the active adapter set (empty = base model), with its scales."""
+        active = list(branch)
         for layer, saved in zip(self.layers, self._saved, strict=True):
-            # Attribute writes instead of layer.set_adapter / enable_adapters: those also walk every adapter
-            # weight to change requires_grad, which inference does not need and which costs time per step.
-            layer._disable_adapters = not branch
+            # Direct writes instead of layer.set_adapter / enable_adapters, which also walk every adapter weight
+            # to change requires_grad; through __dict__ because nn.Module.__setattr__ type-checks every value,
+            # which dominates when this runs for hundreds of layers twice per step.
+            attributes = vars(layer)
+            attributes["_disable_adapters"] = not branch
             if not branch:
                 continue
-            layer._active_adapter = list(branch)
+            attributes["_active_adapter"] = active
             for name, scale in branch.items():
                 if name not in layer.scaling:
                     continue

@@ -51,7 +51,9 @@ def load_lora(
         pipe.load_lora_weights(lora, adapter_name=name, **options)
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         _forget(pipe, name)
-        raise IncompatibleLoRAError(f"LoRA {source} does not fit {type(pipe).__name__}: {error}") from error
+        raise IncompatibleLoRAError(
+            f"LoRA {source} does not fit {type(pipe).__name__}: {_summary(error)}"
+        ) from error
     except OSError as error:
         raise InputFileError(f"cannot load LoRA {source!r}: {error}") from error
     if name not in {n for names in pipe.get_list_adapters().values() for n in names}:
@@ -98,6 +100,14 @@ def _read(source: str, weight_name: str | None, allow_pickle: bool) -> tuple[Any
         return load_file(path), {}
     except (SafetensorError, OSError, ValueError) as error:
         raise InputFileError(f"corrupt or unreadable safetensors file {path}: {error}") from error
+
+
+def _summary(error: Exception) -> str:
+    """The first few mismatches of a loading error (torch lists every mismatching tensor)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    details = [line for line in lines if "mismatch" in line] or lines
+    more = f" (and {len(details) - 3} more)" if len(details) > 3 else ""
+    return "; ".join(details[:3]) + more
 
 
 def _forget(pipe: Any, name: str) -> None:

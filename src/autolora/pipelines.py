@@ -133,6 +133,9 @@ def generate(
     for name in ("guidance_scale", "true_cfg_scale", "generator", "num_images_per_prompt", "latents"):
         if name in pipeline_kwargs and not (name == "guidance_scale" and family.cfg_argument != name):
             raise ConfigError(f"{name} is set by generate (use cfg_base / cfg_lora, seed, num_images)")
+    if method == "autolora" and pipeline_kwargs.get("guidance_rescale"):
+        # The pipeline would rescale the already guided prediction against itself, a silent no-op.
+        raise ConfigError("guidance_rescale is not supported with method='autolora'")
     schedule = GuidanceSchedule(gamma=gamma, gamma_end=gamma_end, interval=tuple(interval))
     w_base = _cfg_scale("cfg_base", cfg_base, family)
     w_lora = _cfg_scale("cfg_lora", cfg_lora, family)
