@@ -30,6 +30,13 @@ def test_every_preset_validates(name):
     assert config.work_items()
 
 
+@pytest.mark.parametrize("name", available_presets())
+def test_every_preset_names_registered_metrics_with_accepted_options(name):
+    from autolora.experiments.runner import check_metrics
+
+    check_metrics(load_config(name, _lora_overrides(name)))
+
+
 def test_paper_presets_each_have_a_miniature_world_twin():
     presets = set(available_presets())
     paper = {p.removeprefix("paper-") for p in presets if p.startswith("paper-")}

@@ -10,6 +10,7 @@ from contextlib import closing
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -278,3 +279,28 @@ def test_unknown_metric_fails_before_any_image_is_made(tmp_path, tiny):
     with pytest.raises(ConfigError, match="unknown metric 'sharpnes'"):
         run_sweep(parse_config(sweep_of(tiny, metrics={"names": ["sharpnes"]})), tmp_path, progress=False)
     assert not (tmp_path / "images").exists()
+
+
+def _world_assets_missing():
+    from autolora.world.assets import ASSETS_DIR
+
+    return not (ASSETS_DIR / "pipeline").is_dir() or not (ASSETS_DIR / "loras" / "index.json").is_file()
+
+
+@pytest.mark.skipif(_world_assets_missing(), reason="the miniature world's weights are not trained yet")
+def test_reduced_mini_table1_runs_end_to_end_on_the_world_with_its_metrics_and_report(tmp_path):
+    from autolora.cli import main
+
+    overrides = ["seeds.count=3", "grid.lora_scale=[0.5, 1.0]", "generate.num_inference_steps=4"]
+    argv = ["sweep", "mini-table1", "--out", str(tmp_path), "--no-progress"]
+    assert main([*argv, *(arg for o in overrides for arg in ("--set", o))]) == 0
+    with RunIndex(tmp_path) as index:
+        assert len(index.images()) == 4 * 2 * 3
+        per_group = index.metrics("group")
+    assert len(per_group) == 4 * 2 and per_group["diversity"].between(0, 1).all()
+    assert per_group["style_score"].between(0, 1).all()
+    assert main(["report", str(tmp_path), "--export", "csv"]) == 0
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv")
+    diversity = summary[summary.metric == "diversity"].sort_values(["variant", "lora_scale"])
+    expected = per_group.sort_values(["variant", "lora_scale"])["diversity"]
+    assert diversity["mean"].tolist() == pytest.approx(expected.tolist())

@@ -8,6 +8,7 @@ process computes the metrics once every shard is done.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.metadata
 import itertools
@@ -112,6 +113,10 @@ def check_metrics(config: SweepConfig) -> None:
     from autolora.metrics import registry
 
     importlib.import_module("autolora.metrics")  # registers the built-in metrics
+    extractors = {options.get("extractor") for options in config.metrics.options.values()}
+    if "world" in extractors or any(name.startswith("world:") for name in config.metrics.names):
+        # The miniature world's metrics and extractor register themselves when their module is imported.
+        importlib.import_module("autolora.world.evaluators")
     for name in config.metrics.names:
         registry.get_metric(name, **config.metrics.options.get(name, {}))
 
@@ -186,6 +191,8 @@ def _generate(
     progress: bool,
 ) -> None:
     """Generate ``todo``: one pipeline per (model, LoRA set), consecutive seeds batched together."""
+    import torch
+
     import autolora
 
     # Items of one setup are contiguous after a stable sort, so each pipeline is loaded once.
@@ -223,7 +230,11 @@ def _generate(
                     save_png(image, run_dir / item.relative_path, {**item.record(), "key": item.key})
                     _index_image(index, item, run_dir, config.hash, state.process_index, provenance)
                     bar.update()
-            del pipe  # free the accelerator before the next model is loaded
+            # Free the accelerator before the next model (or the metrics' networks) is loaded.
+            del pipe
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def _batches(items: list[WorkItem], batch_size: int) -> Iterator[list[WorkItem]]:
