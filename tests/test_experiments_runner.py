@@ -154,6 +154,7 @@ def _sweep_command(sweep_file, run_dir):
     return ["-m", "autolora", "sweep", str(sweep_file), "--out", str(run_dir), "--no-progress"]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_gives_exactly_the_expected_rows_and_files(tmp_path, tiny):
     sweep = sweep_of(tiny, seeds={"start": 0, "count": 8})
     sweep_file = tmp_path / "sweep.yaml"  # JSON is YAML
@@ -179,6 +180,7 @@ def test_kill_9_mid_run_then_resume_gives_exactly_the_expected_rows_and_files(tm
         Image.open(run_dir / path).verify()
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_work_without_overlap_into_one_index(tmp_path, tiny):
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(json.dumps(sweep_of(tiny)))

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from autolora.errors import ConfigError
 from autolora.experiments.config import SweepConfig, WorkItem
 from autolora.experiments.index import RunIndex
-from autolora.images import read_png_params, save_png
+from autolora.images import atomic_write_bytes, read_png_params, save_png
 
 CONFIG_NAME = "sweep.json"
 _VERSIONED = ("autolora", "torch", "diffusers", "transformers", "peft", "accelerate")
@@ -70,7 +70,7 @@ def run_sweep(
         with RunIndex(run_dir, journal_mode="WAL" if one_host else "DELETE") as index:
             index.add_sweep(config.hash, config.name, config.to_dict())
         described = {**config.to_dict(), "axes": config.swept_keys(), "group_by": config.group_by}
-        (run_dir / CONFIG_NAME).write_text(json.dumps(described, indent=2, sort_keys=True))
+        atomic_write_bytes(run_dir / CONFIG_NAME, json.dumps(described, indent=2, sort_keys=True).encode())
     state.wait_for_everyone()
 
     # 2. Every process takes its share of the work items and skips those already done.
