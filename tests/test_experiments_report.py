@@ -9,7 +9,7 @@ from autolora.cli import main
 from autolora.errors import ConfigError, InputFileError
 from autolora.experiments.config import parse_config
 from autolora.experiments.index import RunIndex
-from autolora.experiments.report import build_report, load_run, mean_ci95, summarize
+from autolora.experiments.report import RunData, build_report, load_run, mean_ci95, paper_table, summarize
 from autolora.experiments.runner import run_sweep
 
 
@@ -101,3 +101,27 @@ def test_report_cli_and_its_errors(run_dir, tmp_path, capsys):
         build_report(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="unknown report format 'pdf'"):
         build_report(run_dir, ["pdf"])
+
+
+def test_a_variant_that_ignores_the_swept_axis_gets_its_own_row():
+    groups = [
+        {"variant": "CFG", "gamma": None, "prompt": "a", "diversity": 0.2},
+        {"variant": "CFG", "gamma": None, "prompt": "b", "diversity": 0.4},
+        {"variant": "AutoLoRA", "gamma": 1.5, "prompt": "a", "diversity": 0.5},
+        {"variant": "AutoLoRA", "gamma": 1.5, "prompt": "b", "diversity": 0.7},
+    ]
+    run = RunData(
+        name="t",
+        axes=["gamma"],
+        group_by=["variant", "gamma", "prompt"],
+        variants=["CFG", "AutoLoRA"],
+        images=pd.DataFrame(columns=["key", "variant", "gamma", "prompt", "seed"]),
+        per_image=pd.DataFrame(),
+        per_group=pd.DataFrame(groups),
+        metric_names=["diversity"],
+    )
+    table = paper_table(run, summarize(run))
+    assert table.columns.tolist() == ["gamma", "CFG diversity", "AutoLoRA diversity"]
+    assert table["gamma"].tolist() == [1.5, "—"]
+    assert table["CFG diversity"].iloc[1].startswith("0.300 ± ")
+    assert table["AutoLoRA diversity"].iloc[0].startswith("0.600 ± ")

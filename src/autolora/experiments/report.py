@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,8 @@ def paper_table(run: RunData, summary: pd.DataFrame) -> pd.DataFrame:
     if summary.empty:
         return pd.DataFrame()
     text = summary.assign(cell=[_cell_text(r.mean, r.ci_low, r.ci_high) for r in summary.itertuples()])
+    # A method that ignores an axis (gamma for plain LoRA) gets its own "—" row instead of none.
+    text[run.axes] = text[run.axes].astype(object).where(text[run.axes].notna(), "—")
     rows = run.axes or ["variant"]
     columns = ["variant", "metric"] if run.axes else ["metric"]
     table = text.pivot_table(index=rows, columns=columns, values="cell", aggfunc="first", sort=False)
@@ -258,17 +261,21 @@ def _plots(run: RunData, summary: pd.DataFrame, out: Path) -> list[tuple[str, Pa
     figures = []
     for axis in run.axes:
         values = summary[axis].dropna()
-        if values.empty or not all(isinstance(v, (int, float)) for v in values):
+        if values.empty or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
             continue
         others = [a for a in run.axes if a != axis]
         for metric in summary["metric"].unique():
-            data = summary[(summary["metric"] == metric) & summary[axis].notna()]
+            data = summary[summary["metric"] == metric]
             fig, ax = plt.subplots(figsize=(6, 4))
-            for label, line in data.groupby(["variant", *others], sort=False):
-                line = line.sort_values(axis)
-                name = " ".join(str(v) for v in (label if isinstance(label, tuple) else (label,)))
-                ax.plot(line[axis], line["mean"], marker="o", label=name)
-                ax.fill_between(line[axis], line["ci_low"], line["ci_high"], alpha=0.2)
+            for label, line in data.groupby(["variant", *others], sort=False, dropna=False):
+                name = " ".join(str(v) for v in (label if isinstance(label, tuple) else (label,)) if v == v)
+                on_axis = line[line[axis].notna()].sort_values(axis)
+                if not on_axis.empty:
+                    ax.plot(on_axis[axis], on_axis["mean"], marker="o", label=name)
+                    ax.fill_between(on_axis[axis], on_axis["ci_low"], on_axis["ci_high"], alpha=0.2)
+                # A variant that ignores the axis (plain LoRA against gamma) is a horizontal reference.
+                for mean in line.loc[line[axis].isna(), "mean"]:
+                    ax.axhline(mean, linestyle="--", color="gray", label=f"{name} (no {axis})")
             ax.set(xlabel=axis, ylabel=metric, title=f"{metric} vs {axis}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
@@ -294,9 +301,11 @@ def _grids(run: RunData, run_dir: Path, out: Path) -> list[tuple[str, Path]]:
                 continue  # a row with holes would misalign the shared-noise columns
             rows.append([_thumbnail(run_dir / by_seed[seed]) for seed in seeds])
             parts = label if isinstance(label, tuple) else (label,)
-            labels.append(
-                " ".join([str(parts[0]), *(f"{a}={v}" for a, v in zip(run.axes, parts[1:], strict=True))])
-            )
+            # An axis the variant's method ignores (gamma for plain LoRA) is left out of its label.
+            settings = [
+                f"{a}={v}" for a, v in zip(run.axes, parts[1:], strict=True) if _none_if_nan(v) is not None
+            ]
+            labels.append(", ".join([str(parts[0]), *settings]))
             if len(rows) == _GRID_MAX_ROWS:
                 break
         if rows:
