@@ -16,7 +16,7 @@ import inspect
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,9 +130,12 @@ def generate(
         raise ConfigError(f"branch_mode must be 'batched' or 'sequential', got {branch_mode!r}")
     if num_images < 1:
         raise ConfigError(f"num_images must be >= 1, got {num_images}")
-    for name in ("guidance_scale", "true_cfg_scale", "generator", "num_images_per_prompt", "latents"):
-        if name in pipeline_kwargs and not (name == "guidance_scale" and family.cfg_argument != name):
-            raise ConfigError(f"{name} is set by generate (use cfg_base / cfg_lora, seed, num_images)")
+    reserved = {family.cfg_argument, "true_cfg_scale", "generator", "num_images_per_prompt", "latents"}
+    clashes = sorted(reserved & set(pipeline_kwargs))
+    if clashes:
+        raise ConfigError(
+            f"{', '.join(clashes)} are set by generate (use cfg_base / cfg_lora, seed, num_images)"
+        )
     if method == "autolora" and pipeline_kwargs.get("guidance_rescale"):
         # The pipeline would rescale the already guided prediction against itself, a silent no-op.
         raise ConfigError("guidance_rescale is not supported with method='autolora'")
@@ -141,27 +144,21 @@ def generate(
     w_lora = _cfg_scale("cfg_lora", cfg_lora, family)
     if lora_scale is not None and not lora_scale >= 0:
         raise ConfigError(f"lora_scale must be >= 0, got {lora_scale}")
-
     switcher = BranchSwitcher(pipeline_modules(pipe))
-    lora_branch: Branch = {}
-    reference_branch: Branch = {}
-    if method != "base":
-        lora_branch = _lora_branch(pipe, lora_scale)
-        reference_branch = _reference_branch(pipe, reference, lora_branch)
-    call = _PipelineCall(pipe, family, prompt, negative_prompt, num_images, seed, progress, pipeline_kwargs)
-    call.kwargs.update(
-        {
-            name: value
-            for name, value in (
-                ("num_inference_steps", num_inference_steps),
-                ("height", height),
-                ("width", width),
-            )
-            if value is not None
-        }
+    lora_branch = _lora_branch(pipe, lora_scale) if method != "base" else {}
+    reference_branch = _reference_branch(pipe, reference, lora_branch) if method != "base" else {}
+    sizes = {"num_inference_steps": num_inference_steps, "height": height, "width": width}
+    call = _PipelineCall(
+        pipe,
+        family,
+        {"prompt": prompt, **{k: v for k, v in sizes.items() if v is not None}, **pipeline_kwargs},
+        negative_prompt=negative_prompt,
+        num_images=num_images,
+        seed=seed,
+        progress=progress,
     )
 
-    # 2. Run: base or LoRA alone, or the LoRA pipeline with the guidance hook on its denoiser.
+    # 2. Run the base or the LoRA model alone, or AutoLoRA; always give the user's adapter state back.
     try:
         if method == "base":
             switcher.apply({})
@@ -169,33 +166,42 @@ def generate(
         if method == "lora":
             switcher.apply(lora_branch)
             return call.run(w_lora)
-        switcher.apply(reference_branch)
-        reference_inputs = call.capture_denoiser_inputs(w_base)
-        switcher.apply(lora_branch)
-        lora_inputs = call.capture_denoiser_inputs(w_lora)
-        if branch_mode == "batched" and not _mixable(reference_branch, lora_branch):
-            warnings.warn(
-                "batched mode runs one adapter per branch; this request stacks adapters or guides from the same "
-                "adapter at another scale, so its branches run sequentially",
-                stacklevel=2,
-            )
-            branch_mode = "sequential"
-        hook = AutoLoRAHook(
-            switcher=switcher,
-            schedule=schedule,
-            family=family,
-            num_images=num_images,
-            branches=(
-                _BranchInputs(reference_branch, reference_inputs, w_base),
-                _BranchInputs(lora_branch, lora_inputs, w_lora),
-            ),
-            branch_mode=branch_mode,
-            scheduler=pipe.scheduler,
-        )
-        with hooked(_denoiser(pipe), hook):
-            return call.run(w_lora)
+        branches = (_BranchInputs(reference_branch, w_base), _BranchInputs(lora_branch, w_lora))
+        return _run_autolora(call, switcher, schedule, branches, branch_mode)
     finally:
         switcher.restore()
+
+
+def _run_autolora(
+    call: _PipelineCall,
+    switcher: BranchSwitcher,
+    schedule: GuidanceSchedule,
+    branches: tuple[_BranchInputs, _BranchInputs],
+    branch_mode: Literal["batched", "sequential"],
+) -> list[PIL.Image.Image]:
+    """Capture each branch's denoiser inputs, then run the pipeline as the LoRA model with the guidance hook."""
+    for branch in branches:
+        switcher.apply(branch.branch)
+        branch.inputs = call.capture_denoiser_inputs(branch.w)
+    reference, lora = branches
+    if branch_mode == "batched" and not _mixable(reference.branch, lora.branch):
+        warnings.warn(
+            "batched mode runs one adapter per branch; this request stacks adapters or guides from the same "
+            "adapter at another scale, so its branches run sequentially",
+            stacklevel=3,
+        )
+        branch_mode = "sequential"
+    hook = AutoLoRAHook(
+        switcher=switcher,
+        schedule=schedule,
+        family=call.family,
+        num_images=call.num_images,
+        branches=branches,
+        branch_mode=branch_mode,
+        scheduler=call.pipe.scheduler,
+    )
+    with hooked(_denoiser(call.pipe), hook):
+        return call.run(lora.w)
 
 
 def _cfg_scale(name: str, value: float | None, family: PipelineFamily) -> float:
@@ -257,22 +263,20 @@ class _PipelineCall:
         self,
         pipe: Any,
         family: PipelineFamily,
-        prompt: str,
+        kwargs: dict[str, Any],
+        *,
         negative_prompt: str | None,
         num_images: int,
         seed: int,
         progress: bool,
-        pipeline_kwargs: dict[str, Any],
     ) -> None:
-        self.pipe, self.family, self.seed, self.num_images, self.progress = (
-            pipe,
-            family,
-            seed,
+        self.pipe, self.family, self.kwargs = pipe, family, {**kwargs, "num_images_per_prompt": num_images}
+        self.negative_prompt, self.num_images, self.seed, self.progress = (
+            negative_prompt,
             num_images,
+            seed,
             progress,
         )
-        self.negative_prompt = negative_prompt
-        self.kwargs = {"prompt": prompt, "num_images_per_prompt": num_images, **pipeline_kwargs}
 
     def _arguments(self, w: float) -> dict[str, Any]:
         arguments = {
@@ -369,11 +373,11 @@ class _CaptureHook(ModelHook):
 
 @dataclass
 class _BranchInputs:
-    """One guidance branch: its adapters, its captured denoiser inputs for one step, its CFG scale."""
+    """One guidance branch: its adapters, its CFG scale, its denoiser inputs of one step (once captured)."""
 
     branch: Branch
-    inputs: list[dict[str, Any]]
     w: float
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
 
 class AutoLoRAHook(ModelHook):
