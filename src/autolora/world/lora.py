@@ -20,8 +20,10 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
+from safetensors.torch import save_file
 
 from autolora.errors import ConfigError, InputFileError
+from autolora.lora import to_kohya_state_dict
 from autolora.world.styles import STYLES, sample_style
 from autolora.world.training import StageResult, encode_captions, images_to_tensor, run_stage, write_json
 
@@ -35,7 +37,7 @@ class LoRATrainingConfig:
     rank: int = 4
     #: LoRA scale is ``alpha / rank``; ``None`` means equal to ``rank`` (scale 1).
     alpha: float | None = None
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 8
     learning_rate: float = 2e-3
     seed: int = 0
@@ -88,8 +90,12 @@ def train_lora(
     captions: list[str],
     out_file: str | Path,
     config: LoRATrainingConfig | None = None,
+    kohya_file: str | Path | None = None,
 ) -> StageResult:
-    """Train a UNet LoRA on ``images``/``captions`` and save it to ``out_file`` (diffusers format)."""
+    """Train a UNet LoRA on ``images``/``captions`` and save it to ``out_file`` (diffusers format).
+
+    With ``kohya_file`` the same weights are also written with kohya keys (A1111, ComfyUI, civitai).
+    """
     config = config or LoRATrainingConfig()
     if len(images) != len(captions) or not images:
         raise ConfigError(
@@ -151,18 +157,28 @@ def train_lora(
         weight_decay=0.0,
     )
     out_file = Path(out_file)
+    peft_state = get_peft_model_state_dict(unet)
     StableDiffusionPipeline.save_lora_weights(
         out_file.parent,
-        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        unet_lora_layers=convert_state_dict_to_diffusers(peft_state),
         weight_name=out_file.name,
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
     )
+    if kohya_file is not None:
+        prefixed = {f"unet.{key}": value for key, value in peft_state.items()}
+        alpha = float(config.alpha or config.rank)
+        alphas = {
+            key.removesuffix(".lora_A.weight"): alpha for key in prefixed if key.endswith(".lora_A.weight")
+        }
+        save_file(to_kohya_state_dict(prefixed, alphas), str(kohya_file))
     unet.delete_adapters("default")
     return result
 
 
 #: Images per world LoRA: few-shot, like a community LoRA trained on a couple dozen pictures.
 WORLD_LORA_IMAGES = 24
+#: The world LoRA also shipped in kohya format, as ``<name>-kohya``.
+KOHYA_LORA = "outline"
 
 
 def world_lora_prompt(style_name: str) -> str:
@@ -171,7 +187,7 @@ def world_lora_prompt(style_name: str) -> str:
     return f"a {style.trigger}" if style.kind == "character" else f"a seven in {style.trigger} style"
 
 
-def train_world_loras(out: Path, seed: int, work: Path) -> StageResult:
+def train_world_loras(out: Path, seed: int) -> StageResult:
     """Stage 3: one LoRA per non-base style into ``out/loras``, described in ``loras/index.json``."""
     pipeline = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
     index, total = {}, StageResult(0, 0.0, 0.0, 0.0)
@@ -204,5 +220,10 @@ def train_world_loras(out: Path, seed: int, work: Path) -> StageResult:
             total.cpu_seconds + result.cpu_seconds,
             total.wall_seconds + result.wall_seconds,
         )
+    index[f"{KOHYA_LORA}-kohya"] = {
+        **index[KOHYA_LORA],
+        "file": f"{KOHYA_LORA}-kohya.safetensors",
+        "format": "kohya",
+    }
     write_json(out / "loras" / "index.json", index)
     return total

@@ -188,7 +188,7 @@ def run(stages: list[str], work: Path, out: Path, seed: int, force: bool = False
         elif stage == "loras":
             from autolora.world.lora import train_world_loras
 
-            _record(out, stage, seed, train_world_loras(out, seed, work))
+            _record(out, stage, seed, train_world_loras(out, seed))
         else:
             from autolora.world.evaluators import train_evaluators
 
