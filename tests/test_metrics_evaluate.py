@@ -28,7 +28,8 @@ class CountingPixels(FeatureExtractor):
 
 @register_metric("test:brightness")
 class Brightness(Metric):
-    """Mean pixel value of each image, NaN for images whose metadata says ``fail``; counts computed images."""
+    """Mean pixel value of each image (NaN where the metadata says ``fail``), a status and a label;
+    counts the images it computes."""
 
     level = "image"
     computed: list[int] = []  # noqa: RUF012
@@ -39,6 +40,7 @@ class Brightness(Metric):
             {
                 "brightness": math.nan if r.meta.get("fail") else sum(r.image.convert("L").getdata()) / 4,
                 "status": "x",
+                "label": 1,
             }
             for r in records
         ]
@@ -114,6 +116,7 @@ def test_failed_image_results_are_excluded_from_means_counted_and_retried(tmp_pa
     [row] = result.per_group.to_dict("records")
     assert row["brightness"] == pytest.approx(result.per_image["brightness"].iloc[[0, 2]].mean())
     assert row["brightness_n_failed"] == 1
+    assert set(row) == {"prompt", "n", "brightness", "brightness_n_failed"}  # no means of labels or statuses
     assert math.isnan(result.per_image["brightness"].iloc[1])
     evaluate(group, ["test:brightness"], cache_dir=tmp_path)
     assert Brightness.computed == [3, 1]

@@ -8,6 +8,7 @@ from autolora.metrics import alignment, distribution, diversity, judge, products
 from autolora.metrics.evaluate import EvaluationResult, evaluate, load_records
 from autolora.metrics.features import available_extractors, get_extractor, register_extractor
 from autolora.metrics.registry import ImageRecord, Metric, available_metrics, get_metric, register_metric
+from autolora.world import evaluators as world_evaluators
 
 __all__ = [
     "EvaluationResult",
@@ -26,4 +27,5 @@ __all__ = [
     "products",
     "register_extractor",
     "register_metric",
+    "world_evaluators",
 ]

@@ -106,9 +106,10 @@ class MetricsCache:
         self._rows.update({(key, h): row for h, row in rows.items()})
         if self._db is not None:
             with self._db:
+                # Keys keep the metric's order, so cached and fresh rows give the same column order.
                 self._db.executemany(
                     "INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
-                    [(key, h, json.dumps(row, sort_keys=True)) for h, row in rows.items()],
+                    [(key, h, json.dumps(row, default=_plain)) for h, row in rows.items()],
                 )
 
     def _load_features(self, key: str, hashes: Sequence[str]) -> None:
@@ -127,6 +128,13 @@ class MetricsCache:
             marks = ", ".join("?" * len(chunk))
             result += self._db.execute(f"{query} AND sha256 IN ({marks})", (key, *chunk)).fetchall()
         return result
+
+
+def _plain(value: Any) -> Any:
+    """numpy and torch scalars as Python numbers, so metrics may return either."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot store a {type(value).__name__} in the metrics cache")
 
 
 def _unique(records: Sequence[ImageRecord]) -> list[ImageRecord]:

@@ -1,7 +1,7 @@
 """Evaluate folders of images: load them with their metadata, run metrics per group, cache per image.
 
-Image-level metrics run once over all images (only those not cached) and are summarised per
-group as means over the images that have a value, with the count of those that do not
+Image-level metrics run once over all images (only those not cached) and their float columns
+are summarised per group as means over the images that have a value, with the count of those that do not
 (``<column>_n_failed``: a judge reply that did not parse is NaN, never 0). Group-level
 metrics run per group after the metrics they ``require``.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -282,7 +283,7 @@ def _image_level(
         fresh: dict[str, dict[str, dict[str, Any]]] = {}
         for i, row in zip(todo, rows, strict=True):
             found[keys[i], records[i].sha256] = row
-            if not any(isinstance(v, float) and math.isnan(v) for v in row.values()):
+            if not any(isinstance(v, numbers.Real) and math.isnan(v) for v in row.values()):
                 fresh.setdefault(keys[i], {})[records[i].sha256] = row
         for key, by_hash in fresh.items():
             cache.put_rows(key, by_hash)
@@ -298,11 +299,12 @@ def _result_key(metric: Metric, record: ImageRecord) -> str:
 
 
 def _summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per-group mean of each numeric column over the rows that have a value, and ``<column>_n_failed``."""
+    """Per-group mean of each float column over the rows that have a value, and ``<column>_n_failed``."""
     table = pd.DataFrame(list(rows))
     summary: dict[str, Any] = {}
     for column in table.columns:
-        if pd.api.types.is_numeric_dtype(table[column]) and not pd.api.types.is_bool_dtype(table[column]):
+        # Scores are floats; integer columns are labels (a predicted class) whose mean means nothing.
+        if pd.api.types.is_float_dtype(table[column]):
             values = table[column].astype(float)
             summary[column] = float(values.mean()) if values.notna().any() else math.nan
             summary[f"{column}_n_failed"] = int(values.isna().sum())

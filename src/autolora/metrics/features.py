@@ -141,7 +141,7 @@ class TransformersExtractor(FeatureExtractor):
         try:
             model = self.model_class().from_pretrained(model_id, dtype=getattr(torch, self.options["dtype"]))
             processor = AutoImageProcessor.from_pretrained(model_id)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: not a valid repository id
             raise InputFileError(f"cannot load {self.name} model {model_id!r}: {error}") from None
         return model.to(self.device).eval(), processor
 
@@ -239,7 +239,7 @@ class ClipExtractor(TransformersExtractor):
 
         try:
             return AutoTokenizer.from_pretrained(self.options["model"])
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: not a valid repository id
             raise InputFileError(
                 f"cannot load the CLIP tokenizer of {self.options['model']!r}: {error}"
             ) from None
