@@ -128,6 +128,10 @@ def test_cfg_sets_both_guidance_scales():
         ({k: v for k, v in BASE.items() if k != "model"}, "missing required key 'model'"),
         ({k: v for k, v in BASE.items() if k != "prompts"}, "exactly one of 'prompts'"),
         (_with(batch_size=0), "batch_size: expected a positive integer"),
+        (
+            _with(metrics={"group_by": ["variant", "lora_scal"]}),
+            "metrics.group_by: unknown field(s) lora_scal",
+        ),
     ],
 )
 def test_bad_config_raises_config_error_naming_the_key(raw, message):

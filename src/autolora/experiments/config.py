@@ -530,6 +530,12 @@ def _parse_metrics(raw: Any) -> MetricsConfig:
         isinstance(group_by, list) and all(isinstance(g, str) for g in group_by)
     ):
         raise ConfigError(f"metrics.group_by: expected a list of field names, got {group_by!r}")
+    fields = {"variant", "model", "prompt", "seed", *GENERATION_KEYS}
+    unknown = sorted(set(group_by or ()) - fields)
+    if unknown:
+        raise ConfigError(
+            f"metrics.group_by: unknown field(s) {', '.join(unknown)}; fields: {', '.join(sorted(fields))}"
+        )
     return MetricsConfig(names=list(names), options=dict(options), group_by=group_by)
 
 
