@@ -181,7 +181,7 @@ def build_report(
 
 def _metric_columns(run: RunData) -> list[str]:
     """Numeric metric columns, the configured metrics first."""
-    # "n" and "<metric>_n_failed" count images, they are not measurements.
+    # "n" and "<metric>_n_failed" count images: they are not measurements.
     known = set(run.images.columns) | {"key", "variant", "prompt", "seed", "n", *run.axes, *run.group_by}
     found = []
     for frame in (run.per_group, run.per_image):
@@ -189,7 +189,9 @@ def _metric_columns(run: RunData) -> list[str]:
             numeric = pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(
                 frame[column]
             )
-            if numeric and column not in known and column not in found and not column.endswith("_n_failed"):
+            # Predicted class labels (world:digit's digit_pred) are numbers but not measurements.
+            counts = column.endswith(("_n_failed", "_pred"))
+            if numeric and column not in known and column not in found and not counts:
                 found.append(column)
     ordered = [m for m in run.metric_names if m in found]
     return ordered + [c for c in found if c not in ordered]
