@@ -11,9 +11,10 @@ from autolora.metrics.registry import ImageRecord, get_metric
 from autolora.world.evaluators import diversity, load_evaluators, prompted_digit
 from autolora.world.styles import STYLES, sample_style
 
-# Chance is 10% (digits) and 11% (styles). The floors sit a few points under the accuracy measured at
-# training time (docs/miniature-world.md), so they catch a broken or swapped network, not noise.
-DIGIT_FLOOR = 0.85
+# Chance is 10% (digits) and 11% (styles); training measured 80% and 99% on 1,350 held-out images
+# (assets/manifest.json). The test scores 270 images (standard error about 2.5 points), so floors about
+# four standard errors below the measured accuracy catch a broken or swapped network, not sampling noise.
+DIGIT_FLOOR = 0.70
 STYLE_FLOOR = 0.95
 
 

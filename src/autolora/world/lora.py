@@ -37,7 +37,7 @@ class LoRATrainingConfig:
     rank: int = 4
     #: LoRA scale is ``alpha / rank``; ``None`` means equal to ``rank`` (scale 1).
     alpha: float | None = None
-    steps: int = 200
+    steps: int = 150
     batch_size: int = 8
     learning_rate: float = 2e-3
     seed: int = 0
