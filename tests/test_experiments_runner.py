@@ -306,3 +306,22 @@ def test_reduced_mini_table1_runs_end_to_end_on_the_world_with_its_metrics_and_r
     diversity = summary[summary.metric == "diversity"].sort_values(["variant", "lora_scale"])
     expected = per_group.sort_values(["variant", "lora_scale"])["diversity"]
     assert diversity["mean"].tolist() == pytest.approx(expected.tolist())
+
+
+def test_world_metrics_of_a_sweep_are_stored_per_group_and_reported(tmp_path, tiny):
+    from autolora.experiments.report import build_report
+
+    metrics = {
+        "names": ["diversity", "world:style"],
+        "options": {"diversity": {"extractor": "world"}, "world:style": {"style": "character"}},
+    }
+    run_sweep(parse_config(sweep_of(tiny, metrics=metrics)), tmp_path, progress=False)
+    with RunIndex(tmp_path) as index:
+        per_group, per_image = index.metrics("group"), index.metrics("image")
+    assert len(per_group) == 8 and per_group["diversity"].between(0, 1).all()
+    assert len(per_image) == N_IMAGES and per_image["style_score"].between(0, 1).all()
+    summary = build_report(tmp_path, ["md"]).summary
+    assert set(summary["metric"]) == {"diversity", "style_score"}
+    diversity = summary[summary.metric == "diversity"].set_index(["variant", "lora_scale"])["mean"]
+    expected = per_group.groupby(["variant", "lora_scale"])["diversity"].mean()
+    assert diversity.sort_index().tolist() == pytest.approx(expected.sort_index().tolist())
