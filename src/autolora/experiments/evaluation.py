@@ -28,7 +28,9 @@ _CHUNK_IMAGES = 1024
 Member = tuple[dict[str, Any], str]  # (the image's parameters with its key, its path in the run folder)
 
 
-def compute_metrics(config: SweepConfig, items: Sequence[WorkItem], run_dir: str | Path) -> bool:
+def compute_metrics(
+    config: SweepConfig, items: Sequence[WorkItem], run_dir: str | Path, *, progress: bool = False
+) -> bool:
     """Evaluate the indexed images of ``items`` and store the results; False when they were up to date."""
     from autolora.metrics import evaluate
     from autolora.metrics.registry import ImageRecord
@@ -61,6 +63,7 @@ def compute_metrics(config: SweepConfig, items: Sequence[WorkItem], run_dir: str
                 group_by=tuple(group_by),
                 cache_dir=run_dir / CACHE_DIR,
                 options=config.metrics.options,
+                progress=progress,
             )
             per_image += _image_rows(result.per_image, [meta["key"] for meta, _ in chunk], group_by)
             per_group += result.per_group.to_dict("records")

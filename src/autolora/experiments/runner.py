@@ -87,7 +87,7 @@ def run_sweep(
     if state.is_main_process and config.metrics.names:
         from autolora.experiments.evaluation import compute_metrics
 
-        computed = compute_metrics(config, items, run_dir)
+        computed = compute_metrics(config, items, run_dir, progress=progress)
     state.wait_for_everyone()
     return SweepSummary(
         owned=len(mine), generated=len(todo), skipped=len(mine) - len(todo), metrics_computed=computed
