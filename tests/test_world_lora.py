@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 
 from autolora.errors import ConfigError, InputFileError
 from autolora.world import components
-from autolora.world.lora import LoRATrainingConfig, read_image_folder, train_lora
+from autolora.world.lora import read_image_folder, train_lora
+from autolora.world.lora_config import LoRATrainingConfig
 from autolora.world.styles import sample_style
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from autolora.world.lora import LoRATrainingConfig
+    from autolora.world.lora_config import LoRATrainingConfig
 
     parser = subparsers.add_parser("world", help="train the miniature world or a LoRA", description=__doc__)
     actions = parser.add_subparsers(dest="world_action", required=True, metavar="ACTION")
@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     from autolora.world.assets import base_pipeline_path
-    from autolora.world.lora import LoRATrainingConfig, read_image_folder, train_lora
+    from autolora.world.lora import read_image_folder, train_lora
+    from autolora.world.lora_config import LoRATrainingConfig
 
     images, captions = read_image_folder(args.images)
     config = LoRATrainingConfig(

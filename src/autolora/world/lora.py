@@ -11,7 +11,7 @@ dataset layouts: Hugging Face ``imagefolder`` (``metadata.jsonl`` with ``file_na
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,31 +24,11 @@ from safetensors.torch import save_file
 
 from autolora.errors import ConfigError, InputFileError
 from autolora.lora import to_kohya_state_dict
+from autolora.world.lora_config import LoRATrainingConfig
 from autolora.world.styles import STYLES, sample_style
 from autolora.world.training import StageResult, encode_captions, images_to_tensor, run_stage, write_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-@dataclass
-class LoRATrainingConfig:
-    """How a LoRA is trained; the defaults are those of the miniature world's bank."""
-
-    rank: int = 4
-    #: LoRA scale is ``alpha / rank``; ``None`` means equal to ``rank`` (scale 1).
-    alpha: float | None = None
-    steps: int = 150
-    batch_size: int = 8
-    learning_rate: float = 2e-3
-    seed: int = 0
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-
-    def __post_init__(self) -> None:
-        for name in ("rank", "steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"LoRA training: {name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"LoRA training: learning_rate must be positive, got {self.learning_rate}")
 
 
 def read_image_folder(folder: str | Path) -> tuple[list[Image.Image], list[str]]:
