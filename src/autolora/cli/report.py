@@ -8,7 +8,9 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``report`` sub-command."""
     parser = subparsers.add_parser(
-        "report", help="build the Markdown/HTML report of a sweep run folder", description=__doc__
+        "report",
+        help="build the Markdown/HTML report of a sweep run folder",
+        description="Tables, plots and same-noise image grids of a sweep's run folder, and exports of its index.",
     )
     parser.add_argument("run", help="run folder written by autolora sweep")
     parser.add_argument(

@@ -15,10 +15,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "sweep",
         help="generate and evaluate a sweep of images (resumable, multi-GPU with accelerate launch)",
-        description=__doc__,
+        description="Run a sweep (a .toml/.yaml file or a preset) into a run folder; re-run to resume. "
+        "Spread it over GPUs or nodes with: accelerate launch -m autolora sweep ...",
     )
     parser.add_argument("config", nargs="?", help="a sweep file (.toml, .yaml) or a preset name (see --list)")
-    parser.add_argument("--out", help="run folder: images, index.sqlite, metrics (re-use it to resume)")
+    parser.add_argument(
+        "--out", metavar="RUN", help="run folder: images, index.sqlite, metrics (re-use it to resume)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
