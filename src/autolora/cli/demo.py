@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=8, help="images per method (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: %(default)s)")
     parser.add_argument("--gamma", type=float, default=1.5, help="AutoLoRA gamma (default: %(default)s)")
+    parser.add_argument(
+        "--cfg", type=float, default=None, help="CFG scale of both branches (default: the world's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from autolora.images import make_grid, save_png
     from autolora.lora import load_lora
     from autolora.pipelines import generate, load_pipeline
-    from autolora.world.assets import lora_info
+    from autolora.world.assets import WORLD_CFG, lora_info
     from autolora.world.evaluators import prompted_digit
 
     info = lora_info(args.lora)
@@ -80,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             info.prompt,
             method=method,
             gamma=args.gamma,
+            cfg_base=args.cfg or WORLD_CFG,
+            cfg_lora=args.cfg or WORLD_CFG,
             num_inference_steps=args.steps,
             seed=args.seed,
             num_images=args.images,
@@ -93,11 +98,14 @@ def run(args: argparse.Namespace) -> int:
         "model": "world",
         "lora": f"world:{args.lora}",
         "gamma": args.gamma,
+        "cfg_lora": args.cfg or WORLD_CFG,
         "num_inference_steps": args.steps,
         "seed": args.seed,
     }
     path = save_png(grid, Path(args.out) / f"demo-{args.lora}.png", params)
-    print(f'prompt: "{info.prompt}"  LoRA: world:{args.lora}  gamma: {args.gamma}  images: {args.images}')
+    print(
+        f'prompt: "{info.prompt}"  LoRA: world:{args.lora}  gamma: {args.gamma}  CFG: {args.cfg or WORLD_CFG}'
+    )
     print(f"{'method':<10} {'diversity':>9} {'style':>7} {'digit':>7}")
     for row in scores:
         print(f"{row.method:<10} {row.diversity:>9.3f} {row.style_score:>7.3f} {row.digit_score:>7.3f}")

@@ -19,6 +19,8 @@ from diffusers import StableDiffusionPipeline
 from autolora.errors import ConfigError, InputFileError
 
 ASSETS_DIR = Path(__file__).parent / "assets"
+#: CFG scale for the miniature world: SD1.5's 7.5 over-saturates a model this small.
+WORLD_CFG = 4.0
 
 
 @dataclass(frozen=True)

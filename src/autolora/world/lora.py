@@ -176,12 +176,14 @@ def train_world_loras(out: Path, seed: int) -> StageResult:
         style = STYLES[name]
         samples = sample_style(name, WORLD_LORA_IMAGES, seed + 100 + offset)
         config = LoRATrainingConfig(seed=seed + offset)
+        kohya_file = out / "loras" / f"{name}-kohya.safetensors" if name == KOHYA_LORA else None
         result = train_lora(
             pipeline,
             [s.image for s in samples],
             [s.caption for s in samples],
             out / "loras" / f"{name}.safetensors",
             config,
+            kohya_file=kohya_file,
         )
         index[name] = {
             "kind": style.kind,

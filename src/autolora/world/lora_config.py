@@ -14,7 +14,7 @@ class LoRATrainingConfig:
     rank: int = 4
     #: LoRA scale is ``alpha / rank``; ``None`` means equal to ``rank`` (scale 1).
     alpha: float | None = None
-    steps: int = 150
+    steps: int = 500
     batch_size: int = 8
     learning_rate: float = 2e-3
     seed: int = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from autolora.world.assets import available_loras, lora_info
+from autolora.world.assets import WORLD_CFG, available_loras, lora_info
 from autolora.world.evaluators import diversity, load_evaluators
 from autolora.world.styles import DIGIT_NAMES, STYLES
 
@@ -44,6 +44,8 @@ def run_study(
                     prompt,
                     method=method,
                     gamma=gamma,
+                    cfg_base=WORLD_CFG,
+                    cfg_lora=WORLD_CFG,
                     num_inference_steps=steps,
                     seed=seed,
                     num_images=images,
