@@ -1,0 +1,127 @@
+import math
+import re
+
+import pandas as pd
+import pytest
+from test_experiments_runner import sweep_of, tiny  # noqa: F401 (tiny is a fixture)
+
+from autolora.cli import main
+from autolora.errors import ConfigError, InputFileError
+from autolora.experiments.config import parse_config
+from autolora.experiments.index import RunIndex
+from autolora.experiments.report import RunData, build_report, load_run, mean_ci95, paper_table, summarize
+from autolora.experiments.runner import run_sweep
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny):  # noqa: F811
+    """A finished sweep with an image-level metric (brightness) and a group-level one (spread)."""
+    tmp_path = tmp_path_factory.mktemp("run")
+    config = parse_config(sweep_of(tiny))
+    run_sweep(config, tmp_path, progress=False)
+    with RunIndex(tmp_path) as index:
+        images = index.images()
+    per_image = [{"key": key, "brightness": float(i % 7)} for i, key in enumerate(images["key"])]
+    per_group = []
+    for item in config.work_items():
+        if item.seed == 0:
+            group = {"variant": item.variant, "lora_scale": item.params["lora_scale"], "prompt": item.prompt}
+            per_group.append({**group, "spread": item.params["lora_scale"] + item.prompt_index / 10})
+    with RunIndex(tmp_path) as index:
+        index.store_metrics("test", per_image, per_group)
+    return tmp_path
+
+
+def test_mean_ci95_matches_student_t():
+    mean, low, high = mean_ci95([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    # t(0.975, 3) = 3.182446; sem = sd / sqrt(n) = 1.290994 / 2
+    assert (high - low) / 2 == pytest.approx(3.182446 * 1.290994 / 2, rel=1e-5)
+    single = mean_ci95([0.7])
+    assert single[0] == 0.7 and math.isnan(single[1]) and math.isnan(single[2])
+
+
+def test_summary_holds_the_means_of_the_index_numbers(run_dir):
+    run = load_run(run_dir)
+    summary = summarize(run)
+    images = run.images.merge(run.per_image, on="key")
+    for (variant, scale), cell in images.groupby(["variant", "lora_scale"]):
+        row = summary[
+            (summary.metric == "brightness") & (summary.variant == variant) & (summary.lora_scale == scale)
+        ]
+        assert row["mean"].item() == pytest.approx(cell["brightness"].mean())
+        assert row["n"].item() == 2  # two prompt groups per cell: the interval is over groups
+    spread = summary[summary.metric == "spread"]
+    assert len(spread) == 4
+    assert spread["mean"].tolist() == pytest.approx([0.55, 1.05] * 2)
+    assert set(spread["over"]) == {"groups"}
+
+
+def test_image_level_interval_is_over_seeds_when_a_cell_has_one_group(run_dir):
+    run = load_run(run_dir)
+    one_prompt = run.per_group[run.per_group.prompt == "a photo of cat"]
+    run.per_group = one_prompt.drop(columns=["prompt"])
+    run.per_image = run.per_image[
+        run.per_image.key.isin(run.images.key[run.images.prompt == "a photo of cat"])
+    ]
+    summary = summarize(run)
+    brightness = summary[summary.metric == "brightness"]
+    assert set(brightness["over"]) == {"images"} and set(brightness["n"]) == {3}
+
+
+def test_report_files_hold_the_summary_numbers(run_dir):
+    report = build_report(run_dir, ["md", "html"], ["csv", "parquet"])
+    names = {p.name for p in report.files}
+    assert {"report.md", "report.html", "images.csv", "groups.parquet", "summary.csv"} <= names
+    assert "plot-brightness-vs-lora_scale.png" in names and "grid-p000.png" in names
+    markdown = (run_dir / "report" / "report.md").read_text()
+    for row in report.summary.itertuples():
+        assert f"{row.mean:.3f}" in markdown
+    assert "| lora_scale | LoRA+CFG spread | LoRA+CFG brightness | AutoLoRA+CFG spread |" in markdown
+    exported = pd.read_csv(run_dir / "report" / "images.csv")
+    assert len(exported) == 24 and exported["brightness"].notna().all()
+    assert pd.read_parquet(run_dir / "report" / "summary.parquet")["mean"].tolist() == pytest.approx(
+        report.summary["mean"].tolist()
+    )
+
+
+def test_html_report_embeds_every_figure(run_dir):
+    build_report(run_dir, ["html"])
+    page = (run_dir / "report" / "report.html").read_text()
+    sources = re.findall(r"src='([^']*)'", page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+
+
+def test_report_cli_and_its_errors(run_dir, tmp_path, capsys):
+    assert main(["report", str(run_dir), "--format", "md"]) == 0
+    assert "report.md" in capsys.readouterr().out
+    assert main(["report", str(run_dir), "--export", "xlsx"]) == 2
+    assert "unknown export format 'xlsx'" in capsys.readouterr().err
+    with pytest.raises(InputFileError, match="not a run folder"):
+        build_report(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="unknown report format 'pdf'"):
+        build_report(run_dir, ["pdf"])
+
+
+def test_a_variant_that_ignores_the_swept_axis_gets_its_own_row():
+    groups = [
+        {"variant": "CFG", "gamma": None, "prompt": "a", "diversity": 0.2},
+        {"variant": "CFG", "gamma": None, "prompt": "b", "diversity": 0.4},
+        {"variant": "AutoLoRA", "gamma": 1.5, "prompt": "a", "diversity": 0.5},
+        {"variant": "AutoLoRA", "gamma": 1.5, "prompt": "b", "diversity": 0.7},
+    ]
+    run = RunData(
+        name="t",
+        axes=["gamma"],
+        group_by=["variant", "gamma", "prompt"],
+        variants=["CFG", "AutoLoRA"],
+        images=pd.DataFrame(columns=["key", "variant", "gamma", "prompt", "seed"]),
+        per_image=pd.DataFrame(),
+        per_group=pd.DataFrame(groups),
+        metric_names=["diversity"],
+    )
+    table = paper_table(run, summarize(run))
+    assert table.columns.tolist() == ["gamma", "CFG diversity", "AutoLoRA diversity"]
+    assert table["gamma"].tolist() == [1.5, "—"]
+    assert table["CFG diversity"].iloc[1].startswith("0.300 ± ")
+    assert table["AutoLoRA diversity"].iloc[0].startswith("0.600 ± ")
