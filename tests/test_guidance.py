@@ -77,6 +77,7 @@ def test_gamma_ramp_runs_linearly_from_first_to_last_step():
         {"interval": (0.6, 0.4)},
         {"interval": (-0.1, 1.0)},
         {"interval": (0.0, 1.5)},
+        {"interval": (0.5,)},
         {"gamma": -0.5},
         {"gamma_end": -1.0},
         {"gamma": float("nan")},

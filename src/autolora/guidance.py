@@ -68,6 +68,8 @@ class GuidanceSchedule:
     interval: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
+        if len(self.interval) != 2:
+            raise ConfigError(f"interval must be two fractions (a, b), got {self.interval}")
         start, end = self.interval
         if not (0.0 <= start <= end <= 1.0):
             raise ConfigError(f"interval must satisfy 0 <= a <= b <= 1, got {self.interval}")

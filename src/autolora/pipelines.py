@@ -37,7 +37,6 @@ _HOOK_NAME = "autolora_guidance"
 class PipelineFamily:
     """What ``generate`` needs to know about one kind of text-to-image pipeline."""
 
-    name: str
     default_cfg: float
     # The __call__ argument that is classifier-free guidance (Flux's ``guidance_scale`` is the distilled
     # guidance embedding; its real CFG is ``true_cfg_scale``).
@@ -51,11 +50,11 @@ class PipelineFamily:
 # Paper defaults: SD1.5 7.5, SDXL 5.0, SD3 7.0. Flux (guidance-distilled) runs without true CFG, as it is
 # used in practice; its distilled ``guidance_scale`` keeps the pipeline's default and passes through.
 FAMILIES = {
-    "StableDiffusionPipeline": PipelineFamily("sd15", 7.5, "guidance_scale", batched_cfg=True),
-    "StableDiffusionXLPipeline": PipelineFamily("sdxl", 5.0, "guidance_scale", batched_cfg=True),
-    "StableDiffusion3Pipeline": PipelineFamily("sd3", 7.0, "guidance_scale", batched_cfg=True),
+    "StableDiffusionPipeline": PipelineFamily(7.5, "guidance_scale", batched_cfg=True),
+    "StableDiffusionXLPipeline": PipelineFamily(5.0, "guidance_scale", batched_cfg=True),
+    "StableDiffusion3Pipeline": PipelineFamily(7.0, "guidance_scale", batched_cfg=True),
     "FluxPipeline": PipelineFamily(
-        "flux", 1.0, "true_cfg_scale", batched_cfg=False, unbatched_inputs=frozenset({"txt_ids", "img_ids"})
+        1.0, "true_cfg_scale", batched_cfg=False, unbatched_inputs=frozenset({"txt_ids", "img_ids"})
     ),
 }
 
@@ -270,13 +269,12 @@ class _PipelineCall:
         seed: int,
         progress: bool,
     ) -> None:
-        self.pipe, self.family, self.kwargs = pipe, family, {**kwargs, "num_images_per_prompt": num_images}
-        self.negative_prompt, self.num_images, self.seed, self.progress = (
-            negative_prompt,
-            num_images,
-            seed,
-            progress,
-        )
+        self.pipe, self.family = pipe, family
+        self.kwargs = {**kwargs, "num_images_per_prompt": num_images}
+        self.negative_prompt = negative_prompt
+        self.num_images = num_images
+        self.seed = seed
+        self.progress = progress
 
     def _arguments(self, w: float) -> dict[str, Any]:
         arguments = {
