@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from autolora.errors import ConfigError, InputFileError
+from autolora.world import components
+from autolora.world.lora import read_image_folder, train_lora
+from autolora.world.lora_config import LoRATrainingConfig
+from autolora.world.styles import sample_style
+
+
+@pytest.fixture(scope="module")
+def random_world(tmp_path_factory):
+    """The world's architecture with random weights, saved like the shipped pipeline."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    torch.manual_seed(0)
+    tokenizer = components.build_tokenizer(folder / "tok")
+    pipeline = StableDiffusionPipeline(
+        vae=components.build_vae(),
+        text_encoder=components.build_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=components.build_unet(),
+        scheduler=components.build_sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def _train(folder, out, seed, **extra):
+    samples = sample_style("neon", 4, seed=0)
+    config = LoRATrainingConfig(steps=2, batch_size=2, seed=seed)
+    train_lora(folder, [s.image for s in samples], [s.caption for s in samples], out, config, **extra)
+    return load_file(out)
+
+
+def test_same_seed_reproduces_lora_weights_and_another_seed_does_not(random_world, tmp_path):
+    first = _train(random_world, tmp_path / "a.safetensors", seed=0)
+    second = _train(random_world, tmp_path / "b.safetensors", seed=0)
+    other = _train(random_world, tmp_path / "c.safetensors", seed=1)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_lora_and_its_kohya_twin_load_with_diffusers_and_agree(random_world, tmp_path):
+    _train(random_world, tmp_path / "lora.safetensors", seed=0, kohya_file=tmp_path / "kohya.safetensors")
+    kohya = load_file(tmp_path / "kohya.safetensors")
+    assert all(k.startswith("lora_unet_") for k in kohya)
+    outputs = []
+    for name in ("lora", "kohya"):
+        pipe = StableDiffusionPipeline.from_pretrained(random_world, safety_checker=None)
+        pipe.load_lora_weights(str(tmp_path / f"{name}.safetensors"))
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(0)
+        outputs.append(pipe("a seven", num_inference_steps=2, generator=generator, output_type="pt").images)
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+
+
+def test_read_image_folder_reads_imagefolder_and_kohya_layouts(tmp_path):
+    samples = sample_style("outline", 2, seed=0)
+    imagefolder, kohya = tmp_path / "hf", tmp_path / "kohya"
+    imagefolder.mkdir(), kohya.mkdir()
+    rows = []
+    for i, sample in enumerate(samples):
+        sample.image.save(imagefolder / f"{i}.png")
+        sample.image.save(kohya / f"{i}.png")
+        (kohya / f"{i}.txt").write_text(sample.caption + "\n")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": sample.caption}))
+    (imagefolder / "metadata.jsonl").write_text("\n".join(rows))
+    for folder in (imagefolder, kohya):
+        images, captions = read_image_folder(folder)
+        assert captions == [s.caption for s in samples] and len(images) == 2
+
+
+def test_bad_folders_and_configs_raise_named_errors(tmp_path):
+    with pytest.raises(InputFileError, match="does not exist"):
+        read_image_folder(tmp_path / "missing")
+    sample_style("outline", 1, seed=0)[0].image.save(tmp_path / "0.png")
+    with pytest.raises(InputFileError, match=r"no caption \.txt for 0\.png"):
+        read_image_folder(tmp_path)
+    with pytest.raises(ConfigError, match="steps must be at least 1"):
+        LoRATrainingConfig(steps=0)
