@@ -129,7 +129,9 @@ def build_pipeline(arch: str, workdir: Path) -> StableDiffusionPipeline | Stable
     """A text-to-image pipeline with a full-size ``arch`` UNet (random weights) and tiny other parts."""
     torch.manual_seed(0)
     tokenizer = build_clip_tokenizer(PROMPT.split(), workdir / "tokenizer")
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1
+    )
     if arch == "sd15":
         return StableDiffusionPipeline(
             vae=_tiny_vae(),
@@ -230,28 +232,45 @@ class Measurement:
     rows: int
 
 
-def measure_variant(
-    pipe: Any, options: dict[str, Any], args: argparse.Namespace, synchronize: Callable[[], None]
-) -> Measurement:
-    """Generate one image ``args.repeats`` times (after a one-step warm-up) and take medians."""
+def time_image(
+    pipe: Any, options: dict[str, Any], kwargs: dict[str, Any], synchronize: Callable[[], None]
+) -> tuple[float, DenoiserMeter]:
+    """Wall seconds and the denoiser meter of generating one image with ``options``."""
+    with metered(pipe.unet, synchronize) as meter:
+        synchronize()
+        start = time.perf_counter()
+        generate(pipe, PROMPT, **kwargs, **options)
+        synchronize()
+        return time.perf_counter() - start, meter
+
+
+def measure_variants(
+    pipe: Any, args: argparse.Namespace, synchronize: Callable[[], None]
+) -> dict[str, Measurement]:
+    """Time every variant ``args.repeats`` times after a one-step warm-up each, and take medians.
+
+    Repeats go round the variants in turn, so that a change in the load of a shared machine
+    falls on every variant alike instead of on whichever happened to run then.
+    """
     size = args.latent_size * pipe.vae_scale_factor
     kwargs = {"height": size, "width": size, "seed": 0, "progress": False}
-    generate(pipe, PROMPT, num_inference_steps=1, **kwargs, **options)
+    for options in VARIANTS.values():
+        generate(pipe, PROMPT, num_inference_steps=1, **kwargs, **options)
     kwargs["num_inference_steps"] = args.steps
-    runs = []
-    for _ in range(args.repeats):
-        with metered(pipe.unet, synchronize) as meter:
-            synchronize()
-            start = time.perf_counter()
-            generate(pipe, PROMPT, **kwargs, **options)
-            synchronize()
-            runs.append((time.perf_counter() - start, meter))
-    return Measurement(
-        seconds=statistics.median(t for t, _ in runs),
-        denoiser_seconds=statistics.median(m.seconds for _, m in runs),
-        calls=runs[0][1].calls,
-        rows=runs[0][1].rows,
-    )
+    runs: dict[str, list] = {name: [] for name in VARIANTS}
+    for repeat in range(args.repeats):
+        for name, options in VARIANTS.items():
+            runs[name].append(time_image(pipe, options, kwargs, synchronize))
+            print(f"repeat {repeat + 1}, {name}: {runs[name][-1][0]:.2f} s", file=sys.stderr, flush=True)
+    return {
+        name: Measurement(
+            seconds=statistics.median(t for t, _ in timed),
+            denoiser_seconds=statistics.median(m.seconds for _, m in timed),
+            calls=timed[0][1].calls,
+            rows=timed[0][1].rows,
+        )
+        for name, timed in runs.items()
+    }
 
 
 def measure_adapter_switch(pipe: Any, repeats: int, synchronize: Callable[[], None]) -> float:
@@ -318,7 +337,7 @@ def provenance(args: argparse.Namespace, argv: list[str], start_load: str) -> st
             f"- setup: {args.arch} UNet (full architecture, random weights), tiny text encoder and VAE, "
             f"{args.latent_size}x{args.latent_size} latents, {args.steps} DDIM steps, batch of 1 image, "
             f"random rank-{args.rank} LoRA on {', '.join(LORA_TARGETS)}, {args.dtype}, "
-            f"median of {args.repeats} repeats after a one-step warm-up",
+            f"median of {args.repeats} repeats, taken round the methods in turn, after a one-step warm-up",
         ]
     )
 
@@ -355,17 +374,14 @@ def main(argv: list[str] | None = None) -> None:
         lora_file = write_random_lora(pipe, args.rank, Path(tmp) / "lora")
         pipe.to(device=device, dtype=getattr(torch, args.dtype))
         load_lora(pipe, str(lora_file))
-        results = {}
-        for name, options in VARIANTS.items():
-            results[name] = measure_variant(pipe, options, args, synchronize)
-            print(f"{name}: {results[name].seconds:.2f} s/image", file=sys.stderr, flush=True)
+        results = measure_variants(pipe, args, synchronize)
         switch = measure_adapter_switch(pipe, 20 * args.repeats, synchronize)
     step = results[REFERENCE_VARIANT].denoiser_seconds / args.steps
     report = "\n\n".join(
         [
             provenance(args, argv, start_load),
             results_table(results, args.steps),
-            f"One adapter switch: {switch * 1e3:.2f} ms = {100 * switch / step:.3f} % of one LoRA+CFG "
+            f"One adapter switch: {switch * 1e3:.2f} ms = {100 * switch / step:.2g} % of one LoRA+CFG "
             f"denoising step ({step:.2f} s).",
         ]
     )
