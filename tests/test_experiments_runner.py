@@ -233,7 +233,7 @@ def brightness_metric(monkeypatch):
         calls.append(len(records))
         return evaluate(records, metrics, **kwargs)
 
-    monkeypatch.setitem(registry._REGISTRY, "brightness", Brightness)
+    monkeypatch.setitem(registry.METRICS._classes, "brightness", Brightness)
     monkeypatch.setattr(autolora.metrics, "evaluate", counting)
     return calls
 
