@@ -225,7 +225,7 @@ def assert_one_line_error(code: int, err: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--lora", "missing.safetensors"], "missing.safetensors: no such file"),
+        (["--lora", "missing.safetensors"], "LoRA missing.safetensors: no such file or folder"),
         (["--lora", "./missing-folder"], "no such file"),
         (["--lora-scale", "-1"], "--lora-scale -1 must be >= 0"),
         (["--gamma", "-2"], "gamma must be >= 0"),

@@ -83,7 +83,7 @@ def test_to_kohya_state_dict_refuses_transformer_loras():
 
 
 def test_missing_file_raises_input_file_error(sd15, tmp_path):
-    with pytest.raises(InputFileError, match="not found"):
+    with pytest.raises(InputFileError, match="no such file or folder"):
         load_lora(sd15, str(tmp_path / "missing.safetensors"))
 
 

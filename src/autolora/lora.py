@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from autolora.branches import adapter_scales
@@ -74,32 +74,53 @@ def _free_name(stem: str, taken: set[str]) -> str:
     return name
 
 
-def _read(source: str, weight_name: str | None, allow_pickle: bool) -> tuple[Any, dict[str, Any]]:
-    """A local LoRA file's state dict (checked), or the Hub id / folder with the options diffusers needs."""
+def check_lora_source(source: str, *, weight_name: str | None = None, allow_pickle: bool = False) -> Path | None:
+    """The local LoRA file or folder ``source`` names, checked cheaply before any model is loaded.
+
+    Returns None for a Hub id (``owner/name``, downloaded by diffusers). Raises ``InputFileError`` for a
+    missing local path, a pickle file without ``allow_pickle`` (loading one can run code), and a
+    safetensors file whose header cannot be read.
+    """
     path = Path(source).expanduser()
-    if path.is_dir():
-        path = path / weight_name if weight_name else path
+    if path.is_dir() and weight_name:
+        path = path / weight_name
     if not path.exists():
-        if path.is_absolute() or source.startswith(".") or Path(source).suffix or source.count("/") != 1:
-            raise InputFileError(f"LoRA file not found: {path}")
-        # A Hub id: diffusers downloads it; without allow_pickle only safetensors files are accepted.
-        return source, {"weight_name": weight_name, "use_safetensors": None if allow_pickle else True}
-    if path.is_dir():
-        return str(path), {"use_safetensors": None if allow_pickle else True}
-    if path.suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise InputFileError(
-                f"{path.name} is a pickle ({path.suffix}), which can run code when loaded; "
-                "convert it to .safetensors or pass allow_pickle=True if you trust its source"
-            )
+        looks_local = (
+            path.is_absolute() or source.startswith((".", "~")) or Path(source).suffix or source.count("/") != 1
+        )
+        if looks_local:
+            raise InputFileError(f"LoRA {source}: no such file or folder")
+        return None
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise InputFileError(
+            f"LoRA {path.name} is a pickle ({suffix}), which can run code when loaded; convert it to "
+            ".safetensors, or allow pickles (--allow-pickle, allow_pickle=True) if you trust its source"
+        )
+    if path.is_file() and suffix == ".safetensors":
         try:
-            return torch.load(path, map_location="cpu", weights_only=False), {}
-        except Exception as error:
-            raise InputFileError(f"cannot read LoRA file {path}: {error}") from error
+            with safe_open(str(path), framework="pt"):  # reads the header only
+                pass
+        except (SafetensorError, OSError) as error:
+            raise InputFileError(f"corrupt or unreadable safetensors file {path}: {error}") from None
+    return path
+
+
+def _read(source: str, weight_name: str | None, allow_pickle: bool) -> tuple[Any, dict[str, Any]]:
+    """A local LoRA file's state dict, or the Hub id / folder with the options diffusers needs."""
+    path = check_lora_source(source, weight_name=weight_name, allow_pickle=allow_pickle)
+    # Without allow_pickle, diffusers may only pick safetensors files from a folder or Hub repository.
+    use_safetensors = None if allow_pickle else True
+    if path is None:
+        return source, {"weight_name": weight_name, "use_safetensors": use_safetensors}
+    if path.is_dir():
+        return str(path), {"use_safetensors": use_safetensors}
     try:
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            return torch.load(path, map_location="cpu", weights_only=False), {}
         return load_file(path), {}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise InputFileError(f"corrupt or unreadable safetensors file {path}: {error}") from error
+    except Exception as error:
+        raise InputFileError(f"cannot read LoRA file {path}: {error}") from error
 
 
 def _summary(error: Exception) -> str:

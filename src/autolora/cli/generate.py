@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autolora import __version__
-from autolora.errors import AutoLoRAError, ConfigError, InputFileError
+from autolora.errors import AutoLoRAError, ConfigError
 
 METHODS = ("autolora", "lora", "base")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -227,37 +227,6 @@ def parse_reference(text: str) -> str | float:
     return scale
 
 
-def _check_lora_file(spec: LoRASpec, allow_pickle: bool) -> None:
-    """Refuse a missing LoRA file and, unless allowed, a pickle, before the model is loaded for nothing."""
-    from autolora.lora import PICKLE_SUFFIXES
-
-    if spec.source.startswith("world:"):
-        return  # a miniature-world LoRA by name, resolved by load_lora
-    path = Path(spec.source).expanduser()
-    # A Hub id is ``owner/name``; anything else that does not exist can only be a missing local path.
-    is_hub_id = (
-        spec.source.count("/") == 1 and not path.suffix and not spec.source.startswith((".", "/", "~"))
-    )
-    if not path.exists() and not is_hub_id:
-        raise InputFileError(f"--lora {spec.source}: no such file or folder")
-    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise InputFileError(
-            f"--lora {spec.source}: pickle files can run arbitrary code and are refused; convert it to "
-            ".safetensors, or pass --allow-pickle if you trust it"
-        )
-    if path.is_file() and path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            # Reads the header only: a corrupt file is caught here in milliseconds.
-            with safe_open(str(path), framework="np"):
-                pass
-        except (SafetensorError, OSError) as error:
-            raise InputFileError(
-                f"--lora {spec.source}: corrupt or unreadable safetensors file: {error}"
-            ) from None
-
-
 def _check_positive(values: dict[str, int | None]) -> None:
     for flag, value in values.items():
         if value is not None and value < 1:
@@ -267,6 +236,7 @@ def _check_positive(values: dict[str, int | None]) -> None:
 def check_args(args: argparse.Namespace) -> GenerateOptions:
     """Validate ``args`` and turn them into ``GenerateOptions``; raises ConfigError or InputFileError."""
     from autolora.guidance import GuidanceSchedule
+    from autolora.lora import check_lora_source
 
     if not (math.isfinite(args.lora_scale) and args.lora_scale >= 0):
         raise ConfigError(f"--lora-scale {args.lora_scale:g} must be >= 0")
@@ -298,7 +268,9 @@ def check_args(args: argparse.Namespace) -> GenerateOptions:
     reference = parse_reference(args.reference)
     loras = tuple(parse_lora_spec(text, args.lora_scale) for text in args.lora)
     for spec in loras:
-        _check_lora_file(spec, args.allow_pickle)
+        # Refuse a missing, pickle or corrupt LoRA before the model is loaded for nothing.
+        if not spec.source.startswith("world:"):
+            check_lora_source(spec.source, allow_pickle=args.allow_pickle)
     return GenerateOptions(
         model=args.model,
         loras=loras,
