@@ -8,27 +8,20 @@ score per method (measured with the world's own evaluators).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from autolora.errors import ConfigError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 DEFAULT_LORA = "neon"
 METHODS = {"lora": "LoRA+CFG", "autolora": "AutoLoRA"}
 #: Grid cells are upscaled from the world's 32x32 so the images can be seen.
 CELL = 96
-
-
-@dataclass
-class MethodScores:
-    """Per-method summary printed by the demo."""
-
-    method: str
-    diversity: float
-    style_score: float
-    digit_score: float
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,18 +40,28 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def score(images: list[Image.Image], method: str, style: str, digit: int | None) -> MethodScores:
-    """Diversity of the world features, mean probability of the LoRA's style and of the prompted digit."""
-    from autolora.world.evaluators import diversity, load_evaluators
+def score(
+    images_by_method: dict[str, list[Image.Image]], prompt: str, style: str, digit: int | None
+) -> pd.DataFrame:
+    """Per-method diversity (Eq. 8 on the world's features), mean style score and mean digit score.
 
-    evaluators = load_evaluators()
-    style_probability = evaluators.style_probabilities(images)[:, evaluators.styles.index(style)]
-    digit_score = (
-        float("nan") if digit is None else float(evaluators.digit_probabilities(images)[:, digit].mean())
+    Measured through the evaluation layer, with the same registered metrics ``autolora eval`` runs.
+    """
+    from autolora.metrics import evaluate
+    from autolora.metrics.registry import ImageRecord
+
+    records = [
+        ImageRecord(image, meta={"method": METHODS[method], "prompt": prompt, "style": style, "digit": digit})
+        for method, images in images_by_method.items()
+        for image in images
+    ]
+    result = evaluate(
+        records,
+        ["diversity", "world:style", "world:digit"],
+        group_by=("method",),
+        options={"diversity": {"extractor": "world"}},
     )
-    return MethodScores(
-        method, diversity(evaluators.features(images)), float(style_probability.mean()), digit_score
-    )
+    return result.per_group.set_index("method").loc[list(METHODS.values())]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline("world")
     load_lora(pipe, f"world:{args.lora}")
     digit = info.digit if info.digit is not None else prompted_digit({"prompt": info.prompt})
-    rows, scores = [], []
+    images_by_method = {}
     for method in METHODS:
-        images = generate(
+        images_by_method[method] = generate(
             pipe,
             info.prompt,
             method=method,
@@ -90,8 +93,11 @@ def run(args: argparse.Namespace) -> int:
             num_images=args.images,
             progress=False,
         )
-        rows.append([image.resize((CELL, CELL), Image.Resampling.NEAREST) for image in images])
-        scores.append(score(images, METHODS[method], info.style, digit))
+    rows = [
+        [image.resize((CELL, CELL), Image.Resampling.NEAREST) for image in images]
+        for images in images_by_method.values()
+    ]
+    scores = score(images_by_method, info.prompt, info.style, digit)
     grid = make_grid(rows, list(METHODS.values()), [f"seed {args.seed + i}" for i in range(args.images)])
     params = {
         "prompt": info.prompt,
@@ -107,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         f'prompt: "{info.prompt}"  LoRA: world:{args.lora}  gamma: {args.gamma}  CFG: {args.cfg or WORLD_CFG}'
     )
     print(f"{'method':<10} {'diversity':>9} {'style':>7} {'digit':>7}")
-    for row in scores:
-        print(f"{row.method:<10} {row.diversity:>9.3f} {row.style_score:>7.3f} {row.digit_score:>7.3f}")
+    for method, row in scores.iterrows():
+        print(f"{method:<10} {row.diversity:>9.3f} {row.style_score:>7.3f} {row.digit_score:>7.3f}")
     print(f"grid: {path}")
     return 0

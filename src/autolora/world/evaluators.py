@@ -291,13 +291,3 @@ class WorldStyleMetric(Metric):
             score = float(p[evaluators.styles.index(target)]) if target is not None else float("nan")
             rows.append({"style_pred": evaluators.styles[int(p.argmax())], "style_score": score})
         return rows
-
-
-def diversity(features: torch.Tensor) -> float:
-    """Paper's diversity (Eq. 8): one minus the mean pairwise cosine similarity of distinct images."""
-    if len(features) < 2:
-        raise ConfigError(f"diversity needs at least two images, got {len(features)}")
-    unit = nn.functional.normalize(features.double(), dim=1)
-    similarity = unit @ unit.T
-    n = len(features)
-    return float(1.0 - (similarity.sum() - similarity.diagonal().sum()) / (n * (n - 1)))

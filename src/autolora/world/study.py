@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from autolora.metrics.diversity import diversity
 from autolora.world.assets import WORLD_CFG, available_loras, lora_info
-from autolora.world.evaluators import diversity, load_evaluators
+from autolora.world.evaluators import load_evaluators
 from autolora.world.styles import DIGIT_NAMES, STYLES
 
 METHODS = ("base", "lora", "autolora")

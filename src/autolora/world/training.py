@@ -15,15 +15,18 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers.training_utils import EMAModel
 from PIL import Image
 from torch import nn
 from transformers import CLIPTokenizer
 
 from autolora.images import atomic_write_bytes
+
+if TYPE_CHECKING:  # diffusers' training utilities take seconds to import; only training needs them
+    from diffusers.training_utils import EMAModel
 
 logger = logging.getLogger(__name__)
 
