@@ -76,7 +76,9 @@ def bootstrap_ci(values: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95% CI over prompts of each metric per method, plus the paired LoRA-minus-base gap."""
     rows = []
-    for method, group in results.groupby("method", sort=False):
+    # Base prompts do not depend on the LoRA: count each of them once.
+    distinct = results.drop_duplicates(subset=["method", "prompt"])
+    for method, group in distinct.groupby("method", sort=False):
         row = {"method": method, "prompts": len(group)}
         for metric in ("diversity", "style_score", "digit_score"):
             low, high = bootstrap_ci(group[metric].to_numpy())

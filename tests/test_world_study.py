@@ -1,0 +1,36 @@
+import pandas as pd
+import pytest
+
+from autolora.world.study import bootstrap_ci, summarise
+
+
+def _results():
+    rows = []
+    for lora in ("neon", "chalk"):
+        for digit, base, lora_div in ((1, 0.7, 0.3), (3, 0.6, 0.2)):
+            rows.append(
+                {"lora": lora, "digit": digit, "method": "base", "prompt": f"a {digit}", "diversity": base}
+            )
+            rows.append(
+                {
+                    "lora": lora,
+                    "digit": digit,
+                    "method": "lora",
+                    "prompt": f"{lora} {digit}",
+                    "diversity": lora_div,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    return frame.assign(style_score=0.5, digit_score=0.5)
+
+
+def test_summary_counts_shared_base_prompts_once_and_pairs_the_gap():
+    summary = summarise(_results()).set_index("method")
+    assert summary.loc["base", "prompts"] == 2 and summary.loc["lora", "prompts"] == 4
+    assert summary.loc["lora - base (paired)", "diversity"].startswith("-0.400 [-0.400, -0.400]")
+
+
+def test_bootstrap_interval_contains_the_mean_and_collapses_for_constants():
+    assert bootstrap_ci(pd.Series([0.2] * 5).to_numpy()) == pytest.approx((0.2, 0.2))
+    low, high = bootstrap_ci(pd.Series([0.0, 1.0, 0.5, 0.25]).to_numpy())
+    assert low <= 0.4375 <= high
