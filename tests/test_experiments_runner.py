@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from autolora.experiments.config import parse_config
+from autolora.experiments.config import load_config, parse_config
 from autolora.experiments.index import RunIndex
 from autolora.experiments.runner import run_sweep
 from autolora.images import read_png_params
@@ -150,28 +150,36 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
 
 
-def _sweep_command(sweep_file, run_dir):
-    return ["-m", "autolora", "sweep", str(sweep_file), "--out", str(run_dir), "--no-progress"]
+# A reduced mini-table1 on the miniature world: 4 methods x 2 LoRA scales x SEEDS seeds, 4 steps.
+MINI = ["grid.lora_scale=[0.5, 1.0]", "generate.num_inference_steps=4"]
+
+
+def _mini_sweep_command(run_dir, seeds):
+    overrides = [*MINI, f"seeds.count={seeds}"]
+    command = ["-m", "autolora", "sweep", "mini-table1", "--out", str(run_dir), "--no-progress"]
+    return [*command, *(arg for override in overrides for arg in ("--set", override))]
+
+
+def _mini_keys(seeds):
+    return sorted(
+        item.key for item in load_config("mini-table1", [*MINI, f"seeds.count={seeds}"]).work_items()
+    )
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_then_resume_gives_exactly_the_expected_rows_and_files(tmp_path, tiny):
-    sweep = sweep_of(tiny, seeds={"start": 0, "count": 8})
-    sweep_file = tmp_path / "sweep.yaml"  # JSON is YAML
-    sweep_file.write_text(json.dumps(sweep))
+def test_kill_9_mid_run_then_resume_gives_exactly_the_expected_rows_and_files(tmp_path):
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, *_sweep_command(sweep_file, run_dir)], env=_env())
+    command = [sys.executable, *_mini_sweep_command(run_dir, seeds=8)]
+    process = subprocess.Popen(command, env=_env())
     deadline = time.monotonic() + 120
     while (not (run_dir / "images").is_dir() or len(_pngs(run_dir)) < 4) and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    expected = sorted(i.key for i in parse_config(sweep).work_items())
+    expected = _mini_keys(seeds=8)
     assert 4 <= len(_pngs(run_dir)) < len(expected)
 
-    subprocess.run(
-        [sys.executable, *_sweep_command(sweep_file, run_dir)], env=_env(), check=True, timeout=300
-    )
+    subprocess.run(command, env=_env(), check=True, timeout=300)
     rows = _rows(run_dir)
     assert sorted(r[0] for r in rows) == expected  # every item once: none lost, none twice
     assert sorted(r[1] for r in rows) == _pngs(run_dir)
@@ -181,9 +189,7 @@ def test_kill_9_mid_run_then_resume_gives_exactly_the_expected_rows_and_files(tm
 
 
 @pytest.mark.slow
-def test_two_processes_split_the_work_without_overlap_into_one_index(tmp_path, tiny):
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(json.dumps(sweep_of(tiny)))
+def test_two_processes_split_the_work_without_overlap_into_one_index(tmp_path):
     run_dir = tmp_path / "run"
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
@@ -198,19 +204,16 @@ def test_two_processes_split_the_work_without_overlap_into_one_index(tmp_path, t
         "--master_port",
         str(port),
     ]
-    done = subprocess.run(
-        [*launch, *_sweep_command(sweep_file, run_dir)],
-        env=_env(),
-        timeout=300,
-        capture_output=True,
-        text=True,
-    )
+    command = [*launch, *_mini_sweep_command(run_dir, seeds=3)]
+    done = subprocess.run(command, env=_env(), timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _rows(run_dir)
-    assert sorted(r[0] for r in rows) == sorted(i.key for i in parse_config(sweep_of(tiny)).work_items())
+    assert sorted(r[0] for r in rows) == _mini_keys(seeds=3)
     assert {r[4] for r in rows} == {0, 1}
     assert all(item_index % 2 == rank for _, _, _, item_index, rank in rows)
-    assert len(_pngs(run_dir)) == N_IMAGES
+    assert len(_pngs(run_dir)) == len(rows)
+    with RunIndex(run_dir) as index:
+        assert len(index.metrics("group")) == 4 * 2  # computed once, by the main process, over both shards
 
 
 @pytest.fixture
@@ -283,13 +286,6 @@ def test_unknown_metric_fails_before_any_image_is_made(tmp_path, tiny):
     assert not (tmp_path / "images").exists()
 
 
-def _world_assets_missing():
-    from autolora.world.assets import ASSETS_DIR
-
-    return not (ASSETS_DIR / "pipeline").is_dir() or not (ASSETS_DIR / "loras" / "index.json").is_file()
-
-
-@pytest.mark.skipif(_world_assets_missing(), reason="the miniature world's weights are not trained yet")
 def test_reduced_mini_table1_runs_end_to_end_on_the_world_with_its_metrics_and_report(tmp_path):
     from autolora.cli import main
 
