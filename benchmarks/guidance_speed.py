@@ -327,7 +327,7 @@ def provenance(args: argparse.Namespace, argv: list[str], start_load: str) -> st
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
     return "\n".join(
         [
-            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
             f"- machine: {cpu}, {device}; torch threads: {torch.get_num_threads()}",
             f"- load average (1, 5, 15 min): {start_load} at the start, {_load()} at the end",
             f"- command: `{shlex.join(['python', 'benchmarks/guidance_speed.py', *argv])}`",

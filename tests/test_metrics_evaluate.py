@@ -212,6 +212,15 @@ def test_load_records_reads_our_png_metadata_in_name_order(tmp_path):
     assert loaded[1].image.getpixel((0, 0)) == (50, 0, 0)
 
 
+def test_load_records_skips_comparison_grids(tmp_path):
+    save_png(Image.new("RGB", (4, 4), "red"), tmp_path / "00000-lora-seed0.png", {"prompt": "p"})
+    save_png(Image.new("RGB", (12, 4)), tmp_path / "00001-grid.png", {"prompt": "p", "grid": True})
+    assert [r.path.name for r in load_records(tmp_path)] == ["00000-lora-seed0.png"]
+    (tmp_path / "00000-lora-seed0.png").unlink()
+    with pytest.raises(InputFileError, match="only comparison grids"):
+        load_records(tmp_path)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_load_records_reads_a_metadata_file_for_other_images(tmp_path, suffix):
     images = tmp_path / "images"

@@ -6,7 +6,7 @@ import math
 import re
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -382,7 +382,7 @@ def test_unavailable_server_is_waited_for_with_retry_after_too(serve):
 
 def test_retry_after_as_an_http_date_is_honoured(serve):
     sleeps = []
-    when = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     server = serve(scripted((429, {"Retry-After": when}, "{}"), chat('{"score": 2}')))
     judge("judge:cps", server, sleeps=sleeps).compute(records(1))
     assert len(sleeps) == 1 and 20 < sleeps[0] <= 30

@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     params = {
         "prompt": info.prompt,
         "model": "world",
+        "grid": True,
         "lora": f"world:{args.lora}",
         "gamma": args.gamma,
         "cfg_lora": args.cfg or WORLD_CFG,

@@ -448,7 +448,9 @@ def write_outputs(options: GenerateOptions, rows: dict[str, list], resolved: dic
     if options.compare:
         # The grid records the parameters shared by its rows; each row's own values are in its PNGs.
         grid_params = image_params(options, "autolora", options.seed, size, resolved)
-        grid_params.update(method="compare", rows=list(rows), seeds=seeds, cfg_lora=resolved["cfg_lora"])
+        grid_params.update(
+            method="compare", grid=True, rows=list(rows), seeds=seeds, cfg_lora=resolved["cfg_lora"]
+        )
         labels = [_row_label(method, grid_params) for method in rows]
         grid = make_grid(list(rows.values()), row_labels=labels, col_labels=[f"seed {s}" for s in seeds])
         paths.append(save_png(grid, options.out / f"{index:0{_INDEX_DIGITS}d}-grid.png", grid_params))

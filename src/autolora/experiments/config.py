@@ -42,13 +42,12 @@ import functools
 import hashlib
 import itertools
 import json
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args
-
-import tomllib
 
 from autolora.errors import ConfigError, InputFileError
 

@@ -67,7 +67,7 @@ class EvaluationResult:
 
 
 def load_records(folder: str | Path, metadata: str | Path | None = None) -> list[ImageRecord]:
-    """Every image in ``folder`` (sorted by name) with its metadata.
+    """Every image in ``folder`` (sorted by name) with its metadata; autolora's comparison grids are skipped.
 
     Metadata comes from the JSON parameters autolora writes into its PNGs, then from
     ``metadata`` if given: a CSV or JSONL file with a ``file`` column (the image's name) and
@@ -88,7 +88,11 @@ def load_records(folder: str | Path, metadata: str | Path | None = None) -> list
             meta = (read_png_params(path) or {}) if path.suffix.lower() == ".png" else {}
         except (OSError, UnidentifiedImageError, json.JSONDecodeError) as error:
             raise InputFileError(f"cannot read image {path}: {error}") from None
+        if meta.get("grid") is True:
+            continue  # a comparison grid autolora wrote: a picture of other samples, not a sample
         records.append(ImageRecord(pixels, {**meta, **extra.get(path.name, {})}, path))
+    if not records:
+        raise InputFileError(f"{folder} holds only comparison grids, no images to evaluate")
     return records
 
 
