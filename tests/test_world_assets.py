@@ -62,3 +62,13 @@ def test_bank_has_six_styles_a_character_and_a_kohya_file():
 def test_unknown_lora_raises_config_error_listing_names():
     with pytest.raises(ConfigError, match=r"unknown world LoRA 'nope'; available: .*neon"):
         assets.lora_path("nope")
+
+
+def test_world_pipeline_defaults_to_its_own_cfg_scale_and_others_keep_the_papers(tmp_path):
+    from tiny_pipelines import tiny_pipeline
+
+    from autolora import default_cfg_scale, load_pipeline
+    from autolora.world.assets import WORLD_CFG
+
+    assert default_cfg_scale(load_pipeline("world")) == WORLD_CFG
+    assert default_cfg_scale(tiny_pipeline("sd15", tmp_path)) == 7.5

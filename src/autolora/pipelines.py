@@ -68,8 +68,18 @@ def pipeline_family(pipe: Any) -> PipelineFamily:
 
 
 def default_cfg_scale(pipe: Any) -> float:
-    """The paper's CFG scale for ``pipe``: SD1.5 7.5, SDXL 5.0, SD3 7.0; Flux 1.0 (no true CFG)."""
-    return pipeline_family(pipe).default_cfg
+    """The paper's CFG scale for ``pipe``: SD1.5 7.5, SDXL 5.0, SD3 7.0; Flux 1.0 (no true CFG).
+
+    The miniature world's pipeline gets its own calibrated scale (``WORLD_CFG``): SD1.5's 7.5
+    over-saturates a model that small.
+    """
+    family = pipeline_family(pipe)
+    from autolora.world.assets import ASSETS_DIR, WORLD_CFG
+
+    name = getattr(pipe, "name_or_path", None)
+    if name and Path(name).resolve() == (ASSETS_DIR / "pipeline").resolve():
+        return WORLD_CFG
+    return family.default_cfg
 
 
 def load_pipeline(
@@ -139,8 +149,8 @@ def generate(
         # The pipeline would rescale the already guided prediction against itself, a silent no-op.
         raise ConfigError("guidance_rescale is not supported with method='autolora'")
     schedule = GuidanceSchedule(gamma=gamma, gamma_end=gamma_end, interval=tuple(interval))
-    w_base = _cfg_scale("cfg_base", cfg_base, family)
-    w_lora = _cfg_scale("cfg_lora", cfg_lora, family)
+    w_base = _cfg_scale("cfg_base", cfg_base, pipe)
+    w_lora = _cfg_scale("cfg_lora", cfg_lora, pipe)
     if lora_scale is not None and not lora_scale >= 0:
         raise ConfigError(f"lora_scale must be >= 0, got {lora_scale}")
     switcher = BranchSwitcher(pipeline_modules(pipe))
@@ -203,9 +213,9 @@ def _run_autolora(
         return call.run(lora.w)
 
 
-def _cfg_scale(name: str, value: float | None, family: PipelineFamily) -> float:
+def _cfg_scale(name: str, value: float | None, pipe: Any) -> float:
     if value is None:
-        return family.default_cfg
+        return default_cfg_scale(pipe)
     # Pipelines treat w <= 1 as "no CFG"; below 1 would silently mean 1, so it is refused.
     if not value >= 1:
         raise ConfigError(f"{name} must be >= 1 (1 = no classifier-free guidance), got {value}")
