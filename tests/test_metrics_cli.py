@@ -1,10 +1,9 @@
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
 import torch
+from fake_judge import FakeServer, chat
 from PIL import Image
 
 from autolora.cli import main
@@ -84,39 +83,12 @@ def test_eval_mistakes_are_one_line_errors_with_exit_status_2(generated, tmp_pat
     assert message in error and error.count("\n") == 1
 
 
-class ScriptedJudge:
-    """A local OpenAI-compatible server answering chat completions with ``replies`` in order."""
-
-    def __init__(self, replies):
-        self.replies = list(replies)
-        judge = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                content = judge.replies.pop(0)
-                body = json.dumps(
-                    {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
-                )
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True).start()
-
-
 def test_eval_div_cps_multiplies_diversity_by_the_mean_of_parsed_judge_scores(
     generated, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     replies = ['{"score": 4, "reason": []}', "no idea", '{"score": 2, "reason": []}'] * 2
-    server = ScriptedJudge(replies)
+    server = FakeServer(lambda body: chat(replies.pop(0)))
     out = tmp_path / "results.csv"
     argv = [
         "eval",
@@ -137,8 +109,7 @@ def test_eval_div_cps_multiplies_diversity_by_the_mean_of_parsed_judge_scores(
             == 0
         )
     finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
+        server.close()
     per_image, per_group = pd.read_csv(out), pd.read_csv(tmp_path / "results.groups.csv")
     assert per_image["cps"].isna().tolist() == [False, True, False] * 2
     assert per_group["cps"].tolist() == [3.0, 3.0]  # the unparsed reply is left out, not scored 0
