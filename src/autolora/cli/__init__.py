@@ -35,13 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(error: AutoLoRAError) -> str:
+    """The message of ``error`` on one line: loaders quote library errors that list one problem a line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+    return " ".join(lines[:2]) + more
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except AutoLoRAError as error:
-        print(f"autolora {args.command}: error: {error}", file=sys.stderr)
+        print(f"autolora {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"autolora {args.command}: interrupted", file=sys.stderr)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autolora import __version__
-from autolora.errors import AutoLoRAError, ConfigError
+from autolora.errors import ConfigError
 
 METHODS = ("autolora", "lora", "base")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -401,14 +401,11 @@ def run(args: argparse.Namespace) -> int:
     # 1. Load the base model and every LoRA (the engine validates files and their fit to the model).
     from autolora import default_cfg_scale, generate, load_lora, load_pipeline
 
-    try:
-        pipe = load_pipeline(
-            options.model, torch_dtype=_torch_dtype(options.dtype), device=_device(options.device)
-        )
-        for spec in options.loras:
-            load_lora(pipe, spec.source, scale=spec.scale, allow_pickle=options.allow_pickle)
-    except AutoLoRAError as error:
-        raise _one_line(error) from error
+    pipe = load_pipeline(
+        options.model, torch_dtype=_torch_dtype(options.dtype), device=_device(options.device)
+    )
+    for spec in options.loras:
+        load_lora(pipe, spec.source, scale=spec.scale, allow_pickle=options.allow_pickle)
     resolved = {
         "cfg_base": options.cfg_base if options.cfg_base is not None else default_cfg_scale(pipe),
         "cfg_lora": options.cfg_lora if options.cfg_lora is not None else default_cfg_scale(pipe),
@@ -456,15 +453,6 @@ def write_outputs(options: GenerateOptions, rows: dict[str, list], resolved: dic
         paths.append(save_png(grid, options.out / f"{index:0{_INDEX_DIGITS}d}-grid.png", grid_params))
         print(paths[-1])
     return paths
-
-
-def _one_line(error: AutoLoRAError) -> AutoLoRAError:
-    """``error`` with its message on one line: loaders quote library errors that list one problem a line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return error
-    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
-    return type(error)(f"{lines[0]} {lines[1]}{more}")
 
 
 def _torch_dtype(name: str | None) -> Any:
