@@ -28,10 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import diffusers
-import peft
 import torch
-import transformers
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -45,6 +42,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from autolora import generate, load_lora
 from autolora.branches import BranchSwitcher, pipeline_modules
+from autolora.provenance import git_revision, package_versions
 from autolora.world.tokenizer import build_clip_tokenizer
 
 # The released UNet configurations (stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0).
@@ -321,9 +319,6 @@ def provenance(args: argparse.Namespace, argv: list[str], start_load: str) -> st
         cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line)
     except (OSError, subprocess.CalledProcessError, StopIteration):
         pass
-    revision = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-    ).stdout.strip()
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
     return "\n".join(
         [
@@ -331,9 +326,9 @@ def provenance(args: argparse.Namespace, argv: list[str], start_load: str) -> st
             f"- machine: {cpu}, {device}; torch threads: {torch.get_num_threads()}",
             f"- load average (1, 5, 15 min): {start_load} at the start, {_load()} at the end",
             f"- command: `{shlex.join(['python', 'benchmarks/guidance_speed.py', *argv])}`",
-            f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
-            f"diffusers {diffusers.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-            f"autolora git {revision or 'unknown'}",
+            f"- versions: python {platform.python_version()}, "
+            + ", ".join(f"{name} {version}" for name, version in package_versions().items())
+            + f", autolora git {git_revision() or 'unknown'}",
             f"- setup: {args.arch} UNet (full architecture, random weights), tiny text encoder and VAE, "
             f"{args.latent_size}x{args.latent_size} latents, {args.steps} DDIM steps, batch of 1 image, "
             f"random rank-{args.rank} LoRA on {', '.join(LORA_TARGETS)}, {args.dtype}, "

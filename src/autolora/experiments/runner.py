@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import importlib.metadata
+import importlib
 import itertools
 import json
 import os
-import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,9 +28,9 @@ from autolora.errors import ConfigError
 from autolora.experiments.config import SweepConfig, WorkItem
 from autolora.experiments.index import RunIndex
 from autolora.images import atomic_write_bytes, read_png_params, save_png
+from autolora.provenance import git_revision, package_versions
 
 CONFIG_NAME = "sweep.json"
-_VERSIONED = ("autolora", "torch", "diffusers", "transformers", "peft", "accelerate")
 # A process that finished its shard waits at a barrier for the slowest one before the metrics;
 # torch.distributed's default of 30 minutes is shorter than a shard of a paper-sized sweep.
 _BARRIER_TIMEOUT = timedelta(days=7)
@@ -119,34 +118,6 @@ def check_metrics(config: SweepConfig) -> None:
         importlib.import_module("autolora.world.evaluators")
     for name in config.metrics.names:
         registry.get_metric(name, **config.metrics.options.get(name, {}))
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that determine the pixels, recorded with every image."""
-    versions = {}
-    for name in _VERSIONED:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def git_revision() -> str | None:
-    """The git commit of the autolora source tree (with ``-dirty`` when modified), or None outside git."""
-    source = Path(__file__).resolve().parent
-    try:
-        revision = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=source,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return revision or None
 
 
 def _remove_partial_writes(run_dir: Path) -> None:

@@ -14,7 +14,6 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,12 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from autolora import __version__
 from autolora.errors import ConfigError, InputFileError
 from autolora.images import atomic_write_bytes, read_png_params
 from autolora.metrics.cache import MetricsCache
 from autolora.metrics.features import FeatureMetric
 from autolora.metrics.registry import ImageRecord, Metric, available_metrics, get_metric
+from autolora.provenance import package_versions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -215,7 +214,7 @@ def evaluate(
         "group_by": list(group_by),
         "n_images": len(records),
         "n_reference": len(reference or ()),
-        "versions": _versions(),
+        "versions": package_versions(),
     }
     return EvaluationResult(per_image, pd.DataFrame(group_rows), config)
 
@@ -317,10 +316,3 @@ def _summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _recorded(options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in RUNTIME_OPTIONS}
-
-
-def _versions() -> dict[str, str]:
-    return {
-        "autolora": __version__,
-        **{name: version(name) for name in ("torch", "transformers", "diffusers")},
-    }
