@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-from tiny_pipelines import KINDS, random_lora_file, tiny_pipeline
 
 from autolora import default_cfg_scale, generate, load_lora, load_pipeline
 from autolora.errors import ConfigError, InputFileError
+from autolora.testing import KINDS, random_lora_file, tiny_pipeline
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PROMPT = "a photo of sks cat"
@@ -245,6 +245,8 @@ def test_text_encoder_lora_base_branch_uses_base_encoder_embeddings(kind, tmp_pa
         ({"reference": {"missing": 1.0}}, "missing"),
         ({"reference": -0.5}, "reference"),
         ({"num_images": 0}, "num_images"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be >= 1"),
+        ({"height": 40, "width": None}, "height and width must be given together"),
         ({"guidance_scale": 3.0}, "cfg_base"),
         ({"guidance_rescale": 0.7}, "guidance_rescale"),
     ],
