@@ -21,6 +21,9 @@ gr = pytest.importorskip("gradio")
 from autolora.app import ui  # noqa: E402
 
 METHODS = ("base", "lora", "autolora")
+CONTROLS = Controls(
+    prompt="a seven in neon style", lora="world:neon", cfg_base=4.0, cfg_lora=4.0, steps=2, num_images=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +32,15 @@ def engine(tmp_path_factory):
 
 
 @pytest.fixture
-def controls(engine):
-    return Controls(
-        prompt="a seven in neon style", lora="world:neon", cfg_base=4.0, cfg_lora=4.0, steps=2, num_images=2
-    )
+def controls():
+    return CONTROLS
+
+
+@pytest.fixture(scope="module")
+def columns(engine):
+    """The three columns of one request, rendered once for the tests that read them."""
+    request = engine.request(CONTROLS)
+    return request, {method: engine.render(request, method) for method in METHODS}
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -74,9 +82,8 @@ def test_prepare_shows_bad_controls_as_a_gradio_error(engine, controls):
         ui.prepare(engine, values, "session")
 
 
-def test_columns_are_generate_from_the_same_seeds_with_the_cli_metadata(engine, controls):
-    request = engine.request(controls)
-    columns = {method: engine.render(request, method) for method in METHODS}
+def test_columns_are_generate_from_the_same_seeds_with_the_cli_metadata(engine, controls, columns):
+    _, columns = columns
     pipe = engine.pipe
     pipe.set_adapters([engine.adapters["world:neon"]], [1.0])
     for method, paths in columns.items():
@@ -95,6 +102,7 @@ def test_columns_are_generate_from_the_same_seeds_with_the_cli_metadata(engine, 
 
 
 def test_each_request_uses_its_own_lora_and_scale(engine, controls):
+    controls = replace(controls, num_images=1)
     first = engine.request(controls)
     before = [pixels(Image.open(path)) for path in engine.render(first, "lora")]
     engine.render(engine.request(replace(controls, lora="world:chalk", lora_scale=0.5)), "lora")
@@ -113,21 +121,21 @@ def test_progress_reports_every_step(engine, controls):
 
 
 def test_stop_ends_the_session_s_generation_and_gives_the_adapters_back(engine, controls):
-    request = engine.request(controls)
+    request = engine.request(replace(controls, num_images=1))
     engine.cancel("visitor")
     with pytest.raises(GenerationCancelled, match="stopped at step 1"):
         engine.render(request, "autolora", session="visitor")
     assert engine.pipe.get_active_adapters() == [engine.adapters["world:neon"]]
     # Another visitor is not stopped; a new request of the same visitor clears its Stop.
-    assert len(engine.render(request, "base", session="other")) == 2
+    assert len(engine.render(request, "base", session="other")) == 1
     engine.clear_cancel("visitor")
-    assert len(engine.render(request, "base", session="visitor")) == 2
+    assert len(engine.render(request, "base", session="visitor")) == 1
 
 
-def test_metrics_table_holds_a_number_per_column_and_metric(engine, controls):
-    request = engine.request(controls)
-    columns = {method: [(str(p), "") for p in engine.render(request, method)] for method in METHODS}
-    table = ui.measure(engine, request, columns)
+def test_metrics_table_holds_a_number_per_column_and_metric(engine, columns):
+    request, columns = columns
+    galleries = {method: [(str(path), "") for path in paths] for method, paths in columns.items()}
+    table = ui.measure(engine, request, galleries)
     assert list(table["method"]) == ["Base CFG", "LoRA + CFG", "AutoLoRA"]
     assert list(table.columns[1:]) == ["diversity", "style score", "digit score"]
     assert all(math.isfinite(value) for value in table.iloc[:, 1:].to_numpy().ravel())
