@@ -68,6 +68,7 @@ def test_copied_command_parses_to_the_options_the_app_ran(engine, controls):
         ({"lora": None}, "no LoRA chosen"),
         ({"lora_scale": -0.5}, "negative"),
         ({"steps": 2.5}, "whole number"),
+        ({"gamma": float("nan")}, "gamma must be a number"),
     ],
 )
 def test_bad_controls_are_refused_with_a_message_naming_them(engine, controls, change, message):
@@ -75,11 +76,25 @@ def test_bad_controls_are_refused_with_a_message_naming_them(engine, controls, c
         engine.request(replace(controls, **change))
 
 
-def test_prepare_shows_bad_controls_as_a_gradio_error(engine, controls):
-    values = {**vars(controls), "interval_start": 0.0, "interval_end": 1.0, "gamma": -1.0}
+def page_values(controls: Controls, **changes) -> dict:
+    """``controls`` as the page's widgets hold them."""
+    values = {**vars(controls), "interval_start": controls.interval[0], "interval_end": controls.interval[1]}
     del values["interval"]
+    return {**values, "gamma_ramp": False, "gamma_end": 1.5, **changes}
+
+
+def test_prepare_reads_the_ramp_only_when_it_is_ticked(engine, controls):
+    request, command = ui.prepare(engine, page_values(controls, gamma_end=0.25), "session")
+    assert request.options.gamma_end is None and "--gamma-end" not in command
+    request, command = ui.prepare(engine, page_values(controls, gamma_ramp=True, gamma_end=0.25), "session")
+    assert request.options.gamma_end == 0.25 and "--gamma-end 0.25" in command
+
+
+def test_prepare_shows_bad_controls_as_a_gradio_error(engine, controls):
     with pytest.raises(gr.Error, match="gamma"):
-        ui.prepare(engine, values, "session")
+        ui.prepare(engine, page_values(controls, gamma=-1.0), "session")
+    with pytest.raises(gr.Error, match="seed must be a whole number"):
+        ui.prepare(engine, page_values(controls, seed=None), "session")
 
 
 def test_columns_are_generate_from_the_same_seeds_with_the_cli_metadata(engine, controls, columns):

@@ -8,6 +8,7 @@ runs one request at a time, and each request activates its own LoRA at its own s
 
 from __future__ import annotations
 
+import math
 import shlex
 import tempfile
 import threading
@@ -140,18 +141,19 @@ class Engine:
     def command_line(self, controls: Controls) -> list[str]:
         """The ``autolora generate`` arguments that make the same images as ``controls`` on this engine."""
         c = controls
-        argv = ["generate", "--model", self.model, "--lora", f"{c.lora}:{c.lora_scale:g}"]
+        argv = ["generate", "--model", self.model, "--lora", f"{c.lora}:{_number(c.lora_scale)}"]
         argv += ["--prompt", c.prompt]
         if c.negative_prompt:
             argv += ["--negative-prompt", c.negative_prompt]
-        argv += ["--gamma", f"{c.gamma:g}"]
+        argv += ["--gamma", _number(c.gamma)]
         if c.gamma_end is not None:
-            argv += ["--gamma-end", f"{c.gamma_end:g}"]
+            argv += ["--gamma-end", _number(c.gamma_end)]
         for flag, value in (("--cfg-base", c.cfg_base), ("--cfg-lora", c.cfg_lora)):
             if value is not None:
-                argv += [flag, f"{value:g}"]
-        argv += ["--interval", f"{c.interval[0]:g},{c.interval[1]:g}", "--branch-mode", c.branch_mode]
-        argv += ["--steps", str(c.steps), "--seed", str(c.seed), "--num-images", str(c.num_images)]
+                argv += [flag, _number(value)]
+        argv += ["--interval", ",".join(map(_number, c.interval)), "--branch-mode", c.branch_mode]
+        for flag, value in (("--steps", c.steps), ("--seed", c.seed), ("--num-images", c.num_images)):
+            argv += [flag, _number(value)]
         if self.device:
             argv += ["--device", self.device]
         if self.dtype:
@@ -170,13 +172,20 @@ class Engine:
             raise ConfigError(
                 f"LoRA {controls.lora!r} is not loaded; loaded: {', '.join(self.lora_choices())}"
             )
-        for name, value in (
-            ("steps", controls.steps),
-            ("seed", controls.seed),
-            ("images", controls.num_images),
-        ):
-            if not float(value).is_integer():
-                raise ConfigError(f"{name} must be a whole number, got {value}")
+        numbers = {
+            "LoRA scale": controls.lora_scale,
+            "gamma": controls.gamma,
+            "gamma end": controls.gamma_end,
+        }
+        numbers |= {"w_base": controls.cfg_base, "w_lora": controls.cfg_lora}
+        numbers |= {"interval start": controls.interval[0], "interval end": controls.interval[1]}
+        for name, value in numbers.items():
+            if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        wholes = {"steps": controls.steps, "seed": controls.seed, "images per column": controls.num_images}
+        for name, value in wholes.items():
+            if not (isinstance(value, int | float) and float(value).is_integer()):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
         argv = self.command_line(controls)
         options = check_args(build_parser().parse_args(argv))
         return Request(argv=tuple(argv), options=options, lora=controls.lora)
@@ -285,6 +294,11 @@ class Engine:
         from autolora.world.assets import lora_info
 
         return lora_info(lora.removeprefix("world:"))
+
+
+def _number(value: float) -> str:
+    """``value`` as the CLI reads it back exactly: ``2`` for 2.0, all significant digits otherwise."""
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
 
 
 def _request_folder(request: Request) -> str:

@@ -41,11 +41,9 @@ def prepare(engine: Engine, values: dict[str, Any], session: str) -> tuple[Reque
     """Check the controls' values (by name, as ``_controls`` names them) into one request."""
     fields = dict(values)
     start, end = fields.pop("interval_start"), fields.pop("interval_end")
-    gamma_end = fields.pop("gamma_end")
+    ramp = fields.pop("gamma_ramp")
     controls = Controls(
-        **fields,
-        interval=(float(start), float(end)),
-        gamma_end=None if gamma_end in (None, "") else float(gamma_end),
+        **{**fields, "gamma_end": fields["gamma_end"] if ramp else None}, interval=(start, end)
     )
     try:
         request = engine.request(controls)
@@ -106,14 +104,7 @@ def build_app(engine: Engine) -> gr.Blocks:
         )
         with gr.Tab("Compare"), gr.Row():
             with gr.Column(scale=1, min_width=300):
-                controls = _controls(engine, choices)
-                upload = gr.File(
-                    label="Upload a LoRA (.safetensors)", file_types=[".safetensors"], elem_id="lora-upload"
-                )
-                status = gr.Markdown(elem_id="lora-status")
-                with gr.Row():
-                    run = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                controls, widgets = _controls(engine, choices)
             with gr.Column(scale=3):
                 with gr.Row():
                     galleries = {
@@ -140,7 +131,8 @@ def build_app(engine: Engine) -> gr.Blocks:
 
         request_state = gr.State()
         session = gr.State()
-        upload.upload(lambda file: upload_lora(engine, file), upload, [controls["lora"], status])
+        upload = widgets["upload"]
+        upload.upload(lambda file: upload_lora(engine, file), upload, [controls["lora"], widgets["status"]])
         controls["lora"].input(
             lambda source: engine.scales.get(source, 1.0), controls["lora"], controls["lora_scale"]
         )
@@ -150,7 +142,7 @@ def build_app(engine: Engine) -> gr.Blocks:
             checked, line = prepare(engine, values, request.session_hash or "")
             return checked, request.session_hash or "", line, *([None] * len(galleries)), None
 
-        event = run.click(
+        event = widgets["run"].click(
             on_prepare,
             set(controls.values()),
             [request_state, session, command, *galleries.values(), metrics],
@@ -164,7 +156,7 @@ def build_app(engine: Engine) -> gr.Blocks:
             return measure(engine, checked, dict(zip(galleries, columns, strict=True)))
 
         events.append(event.success(on_measure, [request_state, *galleries.values()], metrics))
-        stop.click(
+        widgets["stop"].click(
             lambda session_id: engine.cancel(session_id or ""),
             session,
             None,
@@ -188,23 +180,39 @@ def _column(engine: Engine, method: str) -> Any:
     return column
 
 
-def _controls(engine: Engine, choices: list[str]) -> dict[str, Any]:
+def _controls(engine: Engine, choices: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The request's controls (by ``Controls`` field) and the other widgets of the left column, in page order."""
     cfg = {"minimum": 1.0, "maximum": 15.0, "step": 0.5, "value": engine.default_cfg}
-    return {
+    lora = engine.default_lora()
+    controls: dict[str, Any] = {
         "prompt": gr.Textbox(label="Prompt", value=engine.default_prompt(), elem_id="prompt"),
         "negative_prompt": gr.Textbox(label="Negative prompt", elem_id="negative-prompt"),
-        "lora": gr.Dropdown(choices, value=engine.default_lora(), label="LoRA", elem_id="lora"),
+    }
+    with gr.Row():
+        widgets = {
+            "run": gr.Button("Generate", variant="primary", elem_id="generate"),
+            "stop": gr.Button("Stop", variant="stop", elem_id="stop"),
+        }
+    controls["lora"] = gr.Dropdown(choices, value=lora, label="LoRA", elem_id="lora")
+    widgets["upload"] = gr.File(
+        label="Upload a LoRA (.safetensors)", file_types=[".safetensors"], height=90, elem_id="lora-upload"
+    )
+    widgets["status"] = gr.Markdown(elem_id="lora-status")
+    controls |= {
         "lora_scale": gr.Slider(
             0.0,
             2.0,
-            value=engine.scales.get(engine.default_lora() or "", 1.0),
+            value=engine.scales.get(lora or "", 1.0),
             step=0.05,
             label="LoRA scale",
             elem_id="lora-scale",
         ),
         "gamma": gr.Slider(0.0, 3.0, value=1.5, step=0.05, label="gamma (AutoLoRA)", elem_id="gamma"),
-        "gamma_end": gr.Number(
-            value=None, label="gamma at the last step (empty: constant gamma)", elem_id="gamma-end"
+        "gamma_ramp": gr.Checkbox(
+            value=False, label="ramp gamma linearly to the value below", elem_id="gamma-ramp"
+        ),
+        "gamma_end": gr.Slider(
+            0.0, 3.0, value=1.5, step=0.05, label="gamma at the last step", elem_id="gamma-end"
         ),
         "cfg_base": gr.Slider(**cfg, label="w_base (CFG of the base branch)", elem_id="cfg-base"),
         "cfg_lora": gr.Slider(**cfg, label="w_lora (CFG of the LoRA branch)", elem_id="cfg-lora"),
@@ -223,6 +231,7 @@ def _controls(engine: Engine, choices: list[str]) -> dict[str, Any]:
             list(BRANCH_MODES), value="batched", label="branch mode", elem_id="branch-mode"
         ),
     }
+    return controls, widgets
 
 
 def launch(
