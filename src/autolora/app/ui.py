@@ -114,7 +114,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                             columns=2,
                             format="png",
                             object_fit="contain",
-                            height=360,
+                            height="auto",
                         )
                         for method in COMPARE_METHODS
                     }
@@ -129,6 +129,8 @@ def build_app(engine: Engine) -> gr.Blocks:
             with gr.Tab(title):
                 gr.Markdown(text)
 
+        # A page opened later lists the LoRAs uploaded since the app started.
+        app.load(lambda: gr.update(choices=engine.lora_choices()), None, controls["lora"])
         request_state = gr.State()
         session = gr.State()
         upload = widgets["upload"]
@@ -190,12 +192,12 @@ def _controls(engine: Engine, choices: list[str]) -> tuple[dict[str, Any], dict[
     }
     with gr.Row():
         widgets = {
-            "run": gr.Button("Generate", variant="primary", elem_id="generate"),
-            "stop": gr.Button("Stop", variant="stop", elem_id="stop"),
+            "run": gr.Button("Generate", variant="primary", scale=3, min_width=0, elem_id="generate"),
+            "stop": gr.Button("Stop", variant="stop", scale=1, min_width=0, elem_id="stop"),
         }
     controls["lora"] = gr.Dropdown(choices, value=lora, label="LoRA", elem_id="lora")
     widgets["upload"] = gr.File(
-        label="Upload a LoRA (.safetensors)", file_types=[".safetensors"], height=90, elem_id="lora-upload"
+        label="Upload a LoRA (.safetensors)", file_types=[".safetensors"], height=130, elem_id="lora-upload"
     )
     widgets["status"] = gr.Markdown(elem_id="lora-status")
     controls |= {

@@ -70,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
         if not spec.source.startswith("world:"):
             check_lora_source(spec.source, allow_pickle=args.allow_pickle)
 
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ConfigError("autolora app needs Gradio: pip install 'autolora[app]'") from None
     from autolora import load_pipeline
     from autolora.app.engine import Engine
     from autolora.app.ui import launch
