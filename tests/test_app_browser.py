@@ -103,6 +103,7 @@ def page(app_url, tmp_path):
         page.goto(app_url)
         yield page
         context.close()
+    assert not blocked, f"the page tried to reach beyond 127.0.0.1: {blocked}"
 
 
 def _set_number(page, elem_id: str, value: str) -> None:

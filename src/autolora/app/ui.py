@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from autolora.app.engine import METHOD_TITLES, Controls, Engine, GenerationCancelled, Request
+import pandas as pd
+
+from autolora.app.engine import METHOD_TITLES, METRIC_COLUMNS, Controls, Engine, GenerationCancelled, Request
 from autolora.cli import one_line
 from autolora.cli.generate import BRANCH_MODES, COMPARE_METHODS
 from autolora.errors import AutoLoRAError
@@ -26,9 +28,9 @@ import gradio as gr
 UNAVAILABLE = {
     "Make a LoRA": "Making a LoRA from a few uploaded images with the synthesis prior is not available in "
     "this version of autolora.",
-    "Tune": "Tuning gamma and the CFG scales for the loaded LoRA (`autolora tune`) is not available in this "
-    "version of autolora.",
+    "Tune": "Running `tune` on the loaded LoRA is not available in this version of autolora.",
 }
+EMPTY_METRICS = pd.DataFrame(columns=["method", *METRIC_COLUMNS.values()])
 # The world's images are 32x32: enlarge them without blurring.
 CSS = ".gallery img, .thumbnail-item img { image-rendering: pixelated; }"
 
@@ -113,12 +115,17 @@ def build_app(engine: Engine) -> gr.Blocks:
                             elem_id=f"gallery-{method}",
                             columns=2,
                             format="png",
+                            interactive=False,
+                            # No "share": it would post the images to Hugging Face.
+                            buttons=["download", "download_all", "fullscreen"],
                             object_fit="contain",
                             height="auto",
                         )
                         for method in COMPARE_METHODS
                     }
-                metrics = gr.Dataframe(label="Metrics per column", elem_id="metrics", interactive=False)
+                metrics = gr.Dataframe(
+                    value=EMPTY_METRICS, label="Metrics per column", elem_id="metrics", interactive=False
+                )
                 command = gr.Textbox(
                     label="The same images from the command line",
                     elem_id="command",
@@ -142,7 +149,7 @@ def build_app(engine: Engine) -> gr.Blocks:
         def on_prepare(data: dict[Any, Any], request: gr.Request) -> tuple[Any, ...]:
             values = {name: data[component] for name, component in controls.items()}
             checked, line = prepare(engine, values, request.session_hash or "")
-            return checked, request.session_hash or "", line, *([None] * len(galleries)), None
+            return checked, request.session_hash or "", line, *([None] * len(galleries)), EMPTY_METRICS
 
         event = widgets["run"].click(
             on_prepare,
