@@ -12,15 +12,16 @@ import math
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 from PIL import Image
-
-from autolora import load_pipeline
-from autolora.app.engine import Engine
 
 CHROMIUM = os.environ.get("AUTOLORA_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "app.png"
@@ -62,16 +63,32 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
+    """``autolora app`` started as a user starts it, on a free port of 127.0.0.1; stopped at the end."""
     _requirements_or_skip()
-    from autolora.app.ui import launch
-
-    engine = Engine(load_pipeline("world"), model="world", out=tmp_path_factory.mktemp("app-out"))
     port = _free_port()
-    app = launch(engine, host="127.0.0.1", port=port, block=False)
+    out = tmp_path_factory.mktemp("app-out")
+    command = [sys.executable, "-m", "autolora", "app", "--port", str(port), "--out", str(out)]
+    log = (out / "server.log").open("w+")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
     try:
-        yield f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while True:
+            if server.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"autolora app exited with status {server.returncode}:\n{log.read()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield url
     finally:
-        app.close()
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
 
 
 @pytest.fixture
