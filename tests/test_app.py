@@ -190,3 +190,23 @@ def test_app_command_refuses_bad_options_before_loading(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["app", "--port", "70000"]) == 2
     assert "--port 70000" in capsys.readouterr().err
+    assert main(["app", "--features", "nothing"]) == 2
+    assert "--features nothing: unknown" in capsys.readouterr().err
+
+
+def test_any_model_with_a_lora_file_works_like_the_world(tmp_path):
+    from tiny_pipelines import random_lora_file, tiny_pipeline
+
+    pipe = tiny_pipeline("sd15", tmp_path / "tokenizer")
+    pipe.save_pretrained(tmp_path / "model")
+    lora = str(random_lora_file(pipe, tmp_path / "style.safetensors"))
+    engine = Engine(load_pipeline(str(tmp_path / "model")), model=str(tmp_path / "model"), features="world")
+    engine.add_lora(lora, scale=0.5)
+    assert engine.lora_choices() == [lora] and engine.default_lora() == lora and engine.scales[lora] == 0.5
+    assert engine.default_prompt() == ""
+    request = engine.request(Controls(prompt="a red cat", lora=lora, lora_scale=0.5, steps=2, num_images=2))
+    assert f"--lora {lora}:0.5" in request.command and "--cfg-base" not in request.command
+    columns = {method: [Image.open(path) for path in engine.render(request, method)] for method in METHODS}
+    assert read_png_params(engine.render(request, "autolora")[0])["cfg_base"] == 7.5  # SD1.5's default
+    table = engine.measure(request, columns)
+    assert list(table.columns) == ["method", "diversity"]  # the world's scores only apply to the world

@@ -32,6 +32,11 @@ METHOD_TITLES = {"base": "Base CFG", "lora": "LoRA + CFG", "autolora": "AutoLoRA
 METRIC_COLUMNS = {"diversity": "diversity", "style_score": "style score", "digit_score": "digit score"}
 
 
+def title(method: str) -> str:
+    """The column title of ``method``."""
+    return METHOD_TITLES.get(method, method)
+
+
 class GenerationCancelled(Exception):
     """Raised inside a running generation when its visitor pressed Stop."""
 
@@ -214,7 +219,7 @@ class Engine:
 
         def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if session in self._cancelled:
-                raise GenerationCancelled(f"{METHOD_TITLES[method]} stopped at step {step + 1}")
+                raise GenerationCancelled(f"{title(method)} stopped at step {step + 1}")
             if on_step is not None:
                 on_step(step + 1, len(pipe.scheduler.timesteps))
             return tensors
@@ -230,35 +235,23 @@ class Engine:
                 callback_on_step_end=step_end,
                 **generate_kwargs(options, method),
             )
-            resolved = self._resolved()
         folder = self.out / _request_folder(request)
-        return [
-            save_png(
-                image,
-                folder / f"{method}-seed{options.seed + i}.png",
-                self._params(request, method, i, image, resolved),
-            )
-            for i, image in enumerate(images)
-        ]
+        paths = []
+        for i, image in enumerate(images):
+            params = image_params(options, method, options.seed + i, image.size, self._resolved(options))
+            paths.append(save_png(image, folder / f"{method}-seed{options.seed + i}.png", params))
+        return paths
 
-    def _resolved(self) -> dict[str, Any]:
+    def _resolved(self, options: GenerateOptions) -> dict[str, Any]:
+        """The values ``image_params`` records that the pipeline decides (as ``autolora generate`` does)."""
         return {
+            "cfg_base": options.cfg_base if options.cfg_base is not None else self.default_cfg,
+            "cfg_lora": options.cfg_lora if options.cfg_lora is not None else self.default_cfg,
+            "num_inference_steps": options.steps,
             "sampler": type(self.pipe.scheduler).__name__,
             "dtype": str(self.pipe.dtype).removeprefix("torch."),
             "device": str(self.pipe.device),
         }
-
-    def _params(
-        self, request: Request, method: str, index: int, image: Image.Image, resolved: dict[str, Any]
-    ) -> dict[str, Any]:
-        options = request.options
-        resolved = {
-            **resolved,
-            "cfg_base": options.cfg_base if options.cfg_base is not None else self.default_cfg,
-            "cfg_lora": options.cfg_lora if options.cfg_lora is not None else self.default_cfg,
-            "num_inference_steps": options.steps,
-        }
-        return image_params(options, method, options.seed + index, image.size, resolved)
 
     # -- Metrics --------------------------------------------------------------------------------
 
@@ -273,7 +266,7 @@ class Engine:
         # A character LoRA shows its own digit; otherwise the prompt names the digit (world:digit reads it).
         meta = {"prompt": options.prompt, "style": style, "digit": info.digit if info is not None else None}
         records = [
-            ImageRecord(image, meta={**meta, "method": METHOD_TITLES[method]})
+            ImageRecord(image, meta={**meta, "method": title(method)})
             for method, column in images.items()
             for image in column
         ]
@@ -283,7 +276,7 @@ class Engine:
         result = evaluate(
             records, metrics, group_by=("method",), options={"diversity": {"extractor": self.features}}
         )
-        table = result.per_group.set_index("method").reindex([METHOD_TITLES[m] for m in images])
+        table = result.per_group.set_index("method").reindex([title(m) for m in images])
         table = table.reindex(columns=[c for c in METRIC_COLUMNS if c in table.columns])
         return table.rename(columns=METRIC_COLUMNS).round(3).reset_index()
 

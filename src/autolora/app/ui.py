@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from autolora.app.engine import METHOD_TITLES, METRIC_COLUMNS, Controls, Engine, GenerationCancelled, Request
+from autolora.app.engine import METRIC_COLUMNS, Controls, Engine, GenerationCancelled, Request, title
 from autolora.cli import one_line
 from autolora.cli.generate import BRANCH_MODES, COMPARE_METHODS
 from autolora.errors import AutoLoRAError
@@ -59,11 +59,11 @@ def render_column(
     engine: Engine, request: Request, method: str, session: str, progress: Any = None
 ) -> list[tuple[str, str]]:
     """One column's images (path, caption) from ``request``, reporting each step to ``progress``."""
-    title = METHOD_TITLES.get(method, method)
+    name = title(method)
 
     def on_step(done: int, total: int) -> None:
         if progress is not None:
-            progress(done / total, desc=f"{title}: step {done}/{total}")
+            progress(done / total, desc=f"{name}: step {done}/{total}")
 
     try:
         paths = engine.render(request, method, session=session, on_step=on_step)
@@ -111,7 +111,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                 with gr.Row():
                     galleries = {
                         method: gr.Gallery(
-                            label=METHOD_TITLES.get(method, method),
+                            label=title(method),
                             elem_id=f"gallery-{method}",
                             columns=2,
                             format="png",
@@ -132,8 +132,8 @@ def build_app(engine: Engine) -> gr.Blocks:
                     buttons=["copy"],
                     interactive=False,
                 )
-        for title, text in UNAVAILABLE.items():
-            with gr.Tab(title):
+        for tab, text in UNAVAILABLE.items():
+            with gr.Tab(tab):
                 gr.Markdown(text)
 
         # A page opened later lists the LoRAs uploaded since the app started.

@@ -65,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out} exists and is not a folder")
     if args.device is not None:
         _check_device(args.device)
+    if args.features is not None:
+        from autolora.metrics import available_extractors
+
+        if args.features not in available_extractors():
+            raise ConfigError(
+                f"--features {args.features}: unknown; known: {', '.join(available_extractors())}"
+            )
     specs = [parse_lora_spec(text, 1.0) for text in args.lora]
     for spec in specs:
         if not spec.source.startswith("world:"):
