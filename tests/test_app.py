@@ -127,6 +127,23 @@ def test_each_request_uses_its_own_lora_and_scale(engine, controls):
     assert not np.array_equal(pixels(Image.open(other[0])), before[0])
 
 
+def test_concurrent_requests_are_queued_not_mixed(engine, controls):
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests = [
+        engine.request(replace(controls, num_images=1, lora=lora, seed=seed))
+        for lora, seed in (("world:neon", 3), ("world:chalk", 4))
+    ]
+
+    def run(request):
+        return pixels(Image.open(engine.render(request, "autolora")[0]))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(run, requests))
+    alone = [run(request) for request in requests]
+    assert all(np.array_equal(a, b) for a, b in zip(together, alone, strict=True))
+
+
 def test_progress_reports_every_step(engine, controls):
     steps = []
     engine.render(
