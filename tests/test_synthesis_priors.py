@@ -6,10 +6,11 @@ from tiny_pipelines import tiny_pipeline
 
 from autolora.errors import ConfigError
 from autolora.synthesis.bank import build_bank
+from autolora.synthesis.config import PRIOR_KINDS, PriorConfig
 from autolora.synthesis.latent import adanorm, hyperada
 from autolora.synthesis.pca import PCAPrior
 from autolora.synthesis.pclora import CoefficientLoRA, fit_coefficients
-from autolora.synthesis.prior import Prior, PriorConfig, load_prior
+from autolora.synthesis.prior import PRIORS, Prior, load_prior
 from autolora.synthesis.training import train_prior
 
 TINY = {
@@ -133,3 +134,4 @@ def test_conditional_priors_need_a_bank_with_conditions(bank, tmp_path):
     with pytest.raises(ConfigError, match="unknown prior kind"):
         PriorConfig(kind="gan")
     assert len(RANKS) == len(bank)
+    assert tuple(PRIORS) == PRIOR_KINDS  # the CLI offers exactly the registered kinds

@@ -14,8 +14,6 @@ during training, which gives classifier-free guidance on the condition at sampli
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.models.embeddings import Timesteps
@@ -23,8 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from autolora.guidance import cfg
-
-Conditioning = Literal["hyperada", "adanorm"]
+from autolora.synthesis.config import Conditioning
 
 
 def hyperada(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

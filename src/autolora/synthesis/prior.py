@@ -15,9 +15,9 @@ and ``prior.safetensors`` (weights, the bank's per-segment stds and its conditio
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,62 +26,10 @@ from torch import nn
 from autolora.errors import ConfigError, InputFileError
 from autolora.synthesis.bank import Bank
 from autolora.synthesis.canonical import Layout
-from autolora.synthesis.latent import Conditioning, LatentDiffusion, Regressor
+from autolora.synthesis.config import PriorConfig
+from autolora.synthesis.latent import LatentDiffusion, Regressor
 from autolora.synthesis.pca import PCAPrior
 from autolora.synthesis.vae import LoRAVAE
-
-PriorKind = Literal["pca", "regressor", "diffusion"]
-
-
-@dataclass
-class PriorConfig:
-    """How a prior is built and trained (defaults fit a bank of a few hundred small LoRAs on a CPU)."""
-
-    kind: PriorKind = "diffusion"
-    #: Diffusion prior: how the condition enters each block.
-    conditioning: Conditioning = "hyperada"
-    #: PCA: number of principal components kept.
-    components: int = 64
-    #: LoRA VAE: token width per segment, latent size, transformer layers and heads, L1 weight on z.
-    token_dim: int = 64
-    latent_dim: int = 64
-    vae_layers: int = 2
-    heads: int = 4
-    l1: float = 1e-4
-    #: Regressor / diffusion prior: MLP width, diffusion blocks, HyperAda rank, timesteps, CFG dropout.
-    hidden: int = 256
-    blocks: int = 4
-    hyper_rank: int = 16
-    timesteps: int = 100
-    cond_dropout: float = 0.1
-    #: Training.
-    vae_steps: int = 2000
-    prior_steps: int = 2000
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in PRIORS:
-            raise ConfigError(f"unknown prior kind {self.kind!r}; known: {', '.join(PRIORS)}")
-        if self.conditioning not in ("hyperada", "adanorm"):
-            raise ConfigError(f"conditioning must be 'hyperada' or 'adanorm', got {self.conditioning!r}")
-        for name in (
-            "components",
-            "token_dim",
-            "latent_dim",
-            "vae_layers",
-            "heads",
-            "hidden",
-            "blocks",
-            "hyper_rank",
-            "timesteps",
-            "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"prior config: {name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.cond_dropout < 1:
-            raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
 
 
 class Prior(nn.Module):

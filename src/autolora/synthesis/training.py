@@ -19,15 +19,9 @@ from torch import nn
 
 from autolora.images import atomic_write_bytes
 from autolora.synthesis.bank import Bank
-from autolora.synthesis.prior import (
-    DiffusionPrior,
-    LatentPrior,
-    PCASynthesisPrior,
-    Prior,
-    PriorConfig,
-    RegressorPrior,
-)
+from autolora.synthesis.config import PriorConfig
 from autolora.synthesis.pca import PCAPrior
+from autolora.synthesis.prior import DiffusionPrior, LatentPrior, PCASynthesisPrior, Prior, RegressorPrior
 
 
 class _Objective(nn.Module):
