@@ -135,3 +135,35 @@ def test_conditional_priors_need_a_bank_with_conditions(bank, tmp_path):
         PriorConfig(kind="gan")
     assert len(RANKS) == len(bank)
     assert tuple(PRIORS) == PRIOR_KINDS  # the CLI offers exactly the registered kinds
+
+
+def test_pca_inversion_starts_at_the_bank_mean_and_moves_within_the_pc_span(bank, tmp_path):
+    from autolora.synthesis.pclora import invert
+
+    prior = train_prior(bank, PriorConfig(kind="pca", components=3), tmp_path / "pca")
+    pipe = tiny_pipeline("sd15", tmp_path)
+    images = [pipe(["a cat"], num_inference_steps=1, height=32, width=32, output_type="pil").images[0]]
+    vector = invert(pipe, prior, images, ["a cat"], steps=2, batch_size=1)
+    normalized = bank.normalize(vector)
+    mean = prior.pca.mean
+    assert not torch.allclose(normalized, mean)  # it moved
+    # ... but only along the principal components.
+    residual = normalized - prior.pca.reconstruct(prior.pca.coefficients(normalized))
+    assert residual.norm() < 1e-3 * (normalized - mean).norm()
+
+
+def test_a_prior_can_reuse_another_priors_vae(bank, tmp_path):
+    first = train_prior(bank, PriorConfig(kind="regressor", **TINY), tmp_path / "a")
+    second = train_prior(
+        bank, PriorConfig(kind="diffusion", conditioning="adanorm", **TINY), tmp_path / "b", vae_from=first
+    )
+    for key, value in first.vae.state_dict().items():
+        assert torch.equal(second.vae.state_dict()[key], value)
+    assert not (tmp_path / "b" / "checkpoints" / "vae.pt").exists()
+    with pytest.raises(ConfigError, match="vae_from"):
+        train_prior(
+            bank,
+            PriorConfig(kind="regressor", **TINY),
+            tmp_path / "c",
+            vae_from=train_prior(bank, PriorConfig(kind="pca", components=2), tmp_path / "p"),
+        )

@@ -21,6 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train.add_argument("bank", type=Path, metavar="BANK", help="bank folder (autolora bank build)")
     train.add_argument("--out", type=Path, required=True, metavar="PRIOR", help="prior folder to write")
     train.add_argument("--work", type=Path, help="checkpoint folder (default: PRIOR/checkpoints)")
+    train.add_argument(
+        "--vae-from",
+        type=Path,
+        metavar="PRIOR",
+        help="reuse the LoRA VAE of this trained prior (not retrained)",
+    )
     defaults = PriorConfig()
     choices = {"kind": list(PRIOR_KINDS), "conditioning": ["hyperada", "adanorm"]}
     for field in fields(PriorConfig):
@@ -40,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
     from autolora.synthesis.bank import Bank
     from autolora.synthesis.config import PriorConfig
+    from autolora.synthesis.prior import load_prior
     from autolora.synthesis.training import train_prior
 
     config = PriorConfig(**{field.name: getattr(args, field.name) for field in fields(PriorConfig)})
-    prior = train_prior(Bank.open(args.bank), config, args.out, work=args.work, log=print)
+    vae_from = load_prior(args.vae_from) if args.vae_from else None
+    prior = train_prior(Bank.open(args.bank), config, args.out, work=args.work, log=print, vae_from=vae_from)
     print(f"wrote {config.kind} prior {args.out} ({sum(p.numel() for p in prior.parameters())} parameters)")
     return 0

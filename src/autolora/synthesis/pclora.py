@@ -152,3 +152,24 @@ def fit_coefficients(
     finally:
         unet.delete_adapters(name)
     return losses
+
+
+def invert(
+    pipe: Any,
+    prior: Any,
+    images: list,
+    captions: list[str],
+    *,
+    granularity: Granularity = "global",
+    **options: Any,
+) -> torch.Tensor:
+    """weights2weights' inversion: the raw LoRA vector in a PCA prior's span that best explains ``images``.
+
+    Optimises coefficients of the prior's principal components (scaled by their standard deviations,
+    starting at the bank mean) through the diffusion loss; ``options`` go to ``fit_coefficients``.
+    """
+    basis, offset = prior.pca.basis()
+    scale = prior.stds[prior.layout.segment_ids()]
+    model = CoefficientLoRA(prior.layout, basis * scale, offset * scale, granularity)
+    fit_coefficients(pipe, model, images, captions, **options)
+    return model.vector().detach()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autolora.errors import ConfigError
 from autolora.images import atomic_write_bytes
 from autolora.synthesis.bank import Bank
 from autolora.synthesis.config import PriorConfig
@@ -100,8 +101,13 @@ def train_prior(
     work: str | Path | None = None,
     log: Callable[[str], None] = lambda _: None,
     checkpoint_every: int = 200,
+    vae_from: Prior | None = None,
 ) -> Prior:
-    """Fit a prior of ``config.kind`` on ``bank``, save it to ``out`` and return it."""
+    """Fit a prior of ``config.kind`` on ``bank``, save it to ``out`` and return it.
+
+    ``vae_from`` (a trained regressor or diffusion prior of the same bank) lends its LoRA VAE, which is
+    then not trained again: priors compared on one VAE differ only in their latent model.
+    """
     out = Path(out)
     work = Path(work) if work is not None else out / "checkpoints"
     work.mkdir(parents=True, exist_ok=True)
@@ -110,7 +116,12 @@ def train_prior(
     if isinstance(prior, PCASynthesisPrior):
         prior.pca = PCAPrior.fit(bank, config.components, seed=config.seed)
     elif isinstance(prior, LatentPrior):
-        _train_vae(prior, bank, stage)
+        if vae_from is None:
+            _train_vae(prior, bank, stage)
+        elif not isinstance(vae_from, LatentPrior) or vae_from.layout != prior.layout:
+            raise ConfigError("vae_from must be a regressor or diffusion prior of the same bank layout")
+        else:
+            prior.vae.load_state_dict(vae_from.vae.state_dict())
         latents = _standardize_latents(prior, bank)
         conditions = bank.conditions.float()
         if isinstance(prior, RegressorPrior):
