@@ -167,3 +167,12 @@ def test_a_prior_can_reuse_another_priors_vae(bank, tmp_path):
             tmp_path / "c",
             vae_from=train_prior(bank, PriorConfig(kind="pca", components=2), tmp_path / "p"),
         )
+
+
+def test_far_threshold_is_twice_the_largest_nearest_neighbour_distance_in_any_block_size():
+    from autolora.synthesis.prior import _far_threshold
+
+    conditions = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0], [5.0, 3.0]])
+    # Nearest neighbours: 1, 1, 3, 3 -> the largest is 3.
+    assert _far_threshold(conditions) == 6.0
+    assert _far_threshold(conditions, block=1) == 6.0

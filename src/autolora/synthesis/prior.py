@@ -123,11 +123,21 @@ class Prior(nn.Module):
         return prior
 
 
-def _far_threshold(conditions: torch.Tensor) -> float:
-    """Twice the largest nearest-neighbour distance among bank conditions."""
-    distances = torch.cdist(conditions.float(), conditions.float())
-    distances.fill_diagonal_(float("inf"))
-    return 2.0 * float(distances.min(1).values.max())
+def _far_threshold(conditions: torch.Tensor, sample: int = 2048, block: int = 256) -> float:
+    """Twice the largest nearest-neighbour distance among bank conditions.
+
+    Over at most ``sample`` seeded rows, their distances to all rows taken ``block`` at a time, so a bank
+    of 65k conditions never needs its N x N distance matrix.
+    """
+    conditions = conditions.float()
+    rows = torch.randperm(len(conditions), generator=torch.Generator().manual_seed(0))[:sample]
+    largest = 0.0
+    for start in range(0, len(rows), block):
+        chosen = rows[start : start + block]
+        distances = torch.cdist(conditions[chosen], conditions)
+        distances[torch.arange(len(chosen)), chosen] = float("inf")
+        largest = max(largest, float(distances.min(1).values.max()))
+    return 2.0 * largest
 
 
 def load_prior(path: str | Path) -> Prior:
