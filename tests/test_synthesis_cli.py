@@ -189,3 +189,48 @@ def test_condition_encoders_load_clip_and_dinov2_through_transformers(trained, t
         condition = condition_of(load_encoder(spec), refs)
         assert condition.shape == (width,) and torch.isfinite(condition).all()
         assert condition.norm() <= 1 + 1e-5  # a mean of unit vectors
+
+
+def test_pca_prior_synthesises_by_inversion_on_the_base_pipeline(trained, tmp_path, capsys):
+    from autolora.errors import ConfigError
+
+    assert (
+        main(
+            [
+                "prior",
+                "train",
+                str(trained / "bank"),
+                "--out",
+                str(tmp_path / "pca"),
+                "--kind",
+                "pca",
+                "--components",
+                "3",
+            ]
+        )
+        == 0
+    )
+    refs = [str(p) for p in sorted((trained / "loras" / "lora0").glob("*.png"))]
+    with pytest.raises(ConfigError, match="unconditional"):
+        synthesize(load_prior(tmp_path / "pca"), refs, tmp_path / "x.safetensors")
+    status = main(
+        [
+            "synth",
+            "--prior",
+            str(tmp_path / "pca"),
+            "--ref",
+            *refs,
+            "--out",
+            str(tmp_path / "inv.safetensors"),
+            "--base",
+            str(trained / "base"),
+            "--caption",
+            "a photo of cat",
+            "--fit-steps",
+            "2",
+        ]
+    )
+    assert status == 0 and "wrote" in capsys.readouterr().out
+    with safe_open(str(tmp_path / "inv.safetensors"), "pt") as f:
+        assert f.metadata()["autolora_prior"] == "pca"
+        assert len(list(f.keys())) == 2 * len(load_prior(tmp_path / "pca").layout.modules)

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -21,7 +22,7 @@ from safetensors.torch import save_file
 from autolora.errors import ConfigError
 from autolora.lora import to_kohya_state_dict
 from autolora.synthesis.canonical import Layout
-from autolora.synthesis.conditions import ConditionEncoder, condition_of, load_encoder
+from autolora.synthesis.conditions import ConditionEncoder, condition_of, load_encoder, open_image
 from autolora.synthesis.prior import Prior
 
 
@@ -73,22 +74,43 @@ def synthesize(
     guidance: float = 1.0,
     encoder: ConditionEncoder | None = None,
     kohya: bool = False,
+    pipe: Any = None,
+    captions: Sequence[str] | None = None,
+    fit_steps: int = 200,
 ) -> SynthesisResult:
     """Write ``samples`` LoRAs for the condition of ``images`` (``out``, or ``out`` stem ``-<i>`` for several).
 
     The condition encoder is the one the prior's bank was built with, unless ``encoder`` is given.
+    An unconditional (PCA) prior inverts the images instead: ``fit_steps`` steps of the diffusion loss
+    of ``pipe`` (the bank's base pipeline) on the images with ``captions`` (default: empty), each
+    sample from its own seed.
     A condition further from the bank than the prior's threshold raises a ``FarConditionWarning``
     naming the distance. The returned time covers images to files, encoder loading excluded.
     """
     if samples < 1:
         raise ConfigError(f"samples must be at least 1, got {samples}")
+    if not prior.conditional and pipe is None:
+        raise ConfigError(
+            f"the {prior.kind} prior is unconditional: it makes a LoRA from images by inversion, which needs the "
+            "bank's base pipeline (pipe=, autolora synth --base MODEL)"
+        )
     if prior.conditional and encoder is None:
         encoder = load_encoder(prior.encoder)
     started = time.perf_counter()
-    condition = condition_of(encoder, images) if prior.conditional else None
-    distance = prior.nearest_distance(condition) if condition is not None else None
+    distance = None
+    if prior.conditional:
+        condition = condition_of(encoder, images)
+        distance = prior.nearest_distance(condition)
+        vectors = prior.generate(condition, samples, seed=seed, guidance=guidance)
+    else:
+        from autolora.synthesis.pclora import invert
+
+        opened = [open_image(image) for image in images]
+        texts = list(captions) if captions is not None else [""] * len(opened)
+        vectors = torch.stack(
+            [invert(pipe, prior, opened, texts, steps=fit_steps, seed=seed + i) for i in range(samples)]
+        )
     far = distance is not None and distance > prior.far_threshold
-    vectors = prior.generate(condition, samples, seed=seed, guidance=guidance)
     out = Path(out)
     paths = [out] if samples == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(samples)]
     metadata = {"autolora_prior": prior.kind, "autolora_seed": str(seed), "autolora_guidance": str(guidance)}
