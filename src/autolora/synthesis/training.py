@@ -144,7 +144,10 @@ def train_prior(
                 steps=config.prior_steps,
                 **stage,
             )
-    prior.save(out)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under accelerate launch every process holds the same weights
+        prior.save(out)
     return prior.eval()
 
 
