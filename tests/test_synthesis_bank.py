@@ -146,3 +146,14 @@ def test_corrupt_and_text_encoder_loras_are_refused(world, tmp_path):
     save_file(random_lora_state_dict(pipe, text_encoder=True), str(tmp_path / "te.safetensors"))
     with pytest.raises(IncompatibleLoRAError, match="text_encoder"):
         read_lora_modules(tmp_path / "te.safetensors")
+
+
+def test_world_loras_build_a_bank_where_the_kohya_twin_equals_its_original(tmp_path):
+    from autolora.world.assets import ASSETS_DIR
+
+    bank = build_bank(ASSETS_DIR / "loras", "world", 4, tmp_path / "world-bank")
+    names = bank.names
+    rows = bank.rows(slice(None), normalized=False)
+    original, twin = rows[names.index("outline.safetensors")], rows[names.index("outline-kohya.safetensors")]
+    assert torch.allclose(original, twin, atol=1e-6)
+    assert not torch.allclose(original, rows[names.index("neon.safetensors")], atol=1e-3)

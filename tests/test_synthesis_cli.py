@@ -112,6 +112,9 @@ def test_synthesised_lora_loads_in_diffusers_ours_and_kohya_and_changes_the_imag
             np.abs(generate(fresh, "a photo of cat", method="lora", seed=0, **OPTIONS) - with_lora).max()
             < 1e-5
         )
+    # AutoLoRA guidance runs on it like on any LoRA: gamma 1.5 extrapolates past the LoRA image.
+    autolora_image = generate(fresh, "a photo of cat", gamma=1.5, seed=0, **OPTIONS)
+    assert np.abs(autolora_image - with_lora).max() > 1e-4
 
 
 def test_far_condition_warns_with_its_distance(trained, tmp_path, capsys):
