@@ -176,3 +176,10 @@ def test_far_threshold_is_twice_the_largest_nearest_neighbour_distance_in_any_bl
     # Nearest neighbours: 1, 1, 3, 3 -> the largest is 3.
     assert _far_threshold(conditions) == 6.0
     assert _far_threshold(conditions, block=1) == 6.0
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(bank, tmp_path):
+    train_prior(bank, PriorConfig(kind="regressor", **TINY), tmp_path / "a", checkpoint_every=2)
+    wider = PriorConfig(kind="regressor", **{**TINY, "token_dim": 12})
+    with pytest.raises(ConfigError, match="another vae configuration"):
+        train_prior(bank, wider, tmp_path / "a")

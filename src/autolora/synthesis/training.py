@@ -58,7 +58,13 @@ def _train_stage(
     checkpoint, start = work / f"{name}.pt", 0
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise ConfigError(
+                f"checkpoint {checkpoint} was written for another {name} configuration; delete it or use another "
+                "work folder"
+            ) from None
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start = state["step"]
