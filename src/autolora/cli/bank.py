@@ -1,0 +1,43 @@
+"""``autolora bank build``: canonicalise a folder of LoRAs of one base model into a memory-mapped bank.
+
+Every LoRA (diffusers/PEFT, kohya, PEFT folders such as weights2weights') is checked against the base
+model's UNet before any work; a LoRA of another base is refused naming the mismatching module. With
+``--encoder`` the images in ``<lora stem>/`` beside each LoRA give its condition. Re-run to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``bank`` sub-command."""
+    parser = subparsers.add_parser(
+        "bank", help="build a bank of canonical LoRAs for synthesis", description=__doc__
+    )
+    actions = parser.add_subparsers(dest="bank_action", required=True, metavar="ACTION")
+    build = actions.add_parser("build", help="canonicalise every LoRA in a folder into a bank (resumable)")
+    build.add_argument("loras", type=Path, metavar="DIR", help="folder of .safetensors LoRAs / PEFT folders")
+    build.add_argument("--base", required=True, metavar="MODEL", help="pipeline folder, Hub id, or 'world'")
+    build.add_argument("--rank", type=int, required=True, metavar="R", help="canonical rank of every LoRA")
+    build.add_argument("--out", type=Path, required=True, metavar="BANK", help="bank folder to write")
+    build.add_argument(
+        "--encoder",
+        metavar="SPEC",
+        help="condition encoder, e.g. clip:openai/clip-vit-large-patch14 or "
+        "dinov2:facebook/dinov2-base (needs <lora stem>/ image folders)",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from autolora.synthesis.bank import build_bank
+
+    bank = build_bank(args.loras, args.base, args.rank, args.out, encoder=args.encoder, log=print)
+    conditions = "" if bank.conditions is None else f", conditions {tuple(bank.conditions.shape)}"
+    print(
+        f"wrote bank {args.out}: {len(bank)} LoRAs x {bank.layout.dim} floats, {len(bank.layout.modules)} modules, "
+        f"rank {bank.layout.rank}{conditions}"
+    )
+    return 0
