@@ -326,6 +326,8 @@ def test_text_encoder_lora_base_branch_uses_base_encoder_embeddings(kind, tmp_pa
         ({"cache_interval": 1.5}, "cache_interval"),
         ({"cache_threshold": 0.1}, "cache_threshold needs cache_interval"),
         ({"cache_interval": 2, "cache_threshold": -1.0}, "cache_threshold"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be >= 1"),
+        ({"height": 40, "width": None}, "height and width must be given together"),
         ({"guidance_scale": 3.0}, "cfg_base"),
         ({"guidance_rescale": 0.7}, "guidance_rescale"),
     ],

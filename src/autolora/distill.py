@@ -29,6 +29,7 @@ from torch import nn
 
 from autolora.errors import ConfigError
 from autolora.images import atomic_write_bytes
+from autolora.params import GenerationParams
 from autolora.pipelines import (
     _branch_cfg,
     _cfg_scale,
@@ -73,13 +74,24 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if not self.prompts:
             raise ConfigError("distill needs at least one prompt")
-        if not self.gamma >= 0:
-            raise ConfigError(f"gamma must be >= 0, got {self.gamma}")
-        for name in ("num_inference_steps", "seeds_per_prompt", "steps", "batch_size", "checkpoint_every"):
+        self.teacher  # noqa: B018 -- checks the sampling options as generate would
+        for name in ("seeds_per_prompt", "steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    @property
+    def teacher(self) -> GenerationParams:
+        """The teacher's sampling: AutoLoRA, ``seeds_per_prompt`` images per prompt from ``seed`` on."""
+        return GenerationParams(
+            gamma=self.gamma,
+            cfg_base=self.cfg_base,
+            cfg_lora=self.cfg_lora,
+            num_inference_steps=self.num_inference_steps,
+            seed=self.seed,
+            num_images=self.seeds_per_prompt,
+        )
 
 
 @dataclass
@@ -127,12 +139,7 @@ def teacher_trajectories(pipe: Any, config: DistillConfig) -> Trajectories:
             generate(
                 pipe,
                 prompt,
-                gamma=config.gamma,
-                cfg_base=config.cfg_base,
-                cfg_lora=config.cfg_lora,
-                num_inference_steps=config.num_inference_steps,
-                seed=config.seed,
-                num_images=config.seeds_per_prompt,
+                config.teacher,
                 progress=False,
                 output_type="latent",
                 callback_on_step_end=keep_step,
@@ -164,8 +171,7 @@ def distill(
     if len(adapters) != 1:
         raise ConfigError(f"distill needs exactly one active LoRA, got {adapters or 'none'}")
     (adapter,) = adapters
-    w_lora = _cfg_scale("cfg_lora", config.cfg_lora, pipe)
-    _cfg_scale("cfg_base", config.cfg_base, pipe)
+    w_lora = _cfg_scale(config.cfg_lora, pipe)
     out_file = Path(out_file)
     work = Path(work) if work is not None else out_file.with_name(out_file.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -182,10 +188,12 @@ def distill(
     # 3. The student: the LoRA's own denoiser weights, trained on the teacher's predictions.
     denoiser = _denoiser(pipe)
     latent_name = _latent_name(denoiser)
+    # The student's conditioning: each prompt's LoRA-branch denoiser inputs, as the pipeline makes them.
+    student_params = GenerationParams(method="lora", cfg_lora=config.cfg_lora)
     conditions = [
-        _PipelineCall(
-            pipe, family, {"prompt": prompt}, negative_prompt=None, num_images=1, seed=0, progress=False
-        ).capture_denoiser_inputs(w_lora)
+        _PipelineCall(pipe, family, prompt, student_params, {}, progress=False).capture_denoiser_inputs(
+            w_lora
+        )
         for prompt in config.prompts
     ]
     student = {

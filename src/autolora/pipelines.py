@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import PIL.Image
 import torch
@@ -30,6 +30,7 @@ from autolora.branches import BASE_ADAPTER, Branch, BranchSwitcher, pipeline_mod
 from autolora.delta_cache import DeltaCache, DeltaCachePolicy
 from autolora.errors import ConfigError, InputFileError
 from autolora.guidance import GuidanceSchedule, autolora, cfg
+from autolora.params import BranchMode, GenerationParams
 
 _HOOK_NAME = "autolora_guidance"
 
@@ -108,73 +109,35 @@ def load_pipeline(
 def generate(
     pipe: Any,
     prompt: str,
+    params: GenerationParams | None = None,
     *,
-    method: Literal["autolora", "lora", "base"] = "autolora",
-    gamma: float = 1.5,
-    cfg_base: float | None = None,
-    cfg_lora: float | None = None,
-    negative_prompt: str | None = None,
-    num_inference_steps: int | None = None,
-    seed: int = 0,
-    num_images: int = 1,
-    height: int | None = None,
-    width: int | None = None,
-    interval: tuple[float, float] = (0.0, 1.0),
-    gamma_end: float | None = None,
-    lora_scale: float | None = None,
-    branch_mode: Literal["batched", "sequential"] = "batched",
-    reference: str | float | dict[str, float] = "base",
-    cache_interval: int = 1,
-    cache_threshold: float | None = None,
     progress: bool = True,
-    **pipeline_kwargs: Any,
+    **options: Any,
 ) -> list[PIL.Image.Image]:
-    """Generate ``num_images`` images of ``prompt`` with AutoLoRA guidance, the LoRA model or the base model.
+    """Generate ``params.num_images`` images of ``prompt`` with AutoLoRA guidance, the LoRA or the base model.
 
-    Image ``i`` starts from the noise of ``torch.Generator("cpu").manual_seed(seed + i)`` whatever the method,
-    so methods compare on paired noise. See docs/guidance.md for every parameter.
+    ``options`` are ``GenerationParams`` fields (``method``, ``gamma``, ``cfg_base``, ``seed``, ...; they
+    override ``params``) and arguments of the pipeline call. Image ``i`` starts from the noise of
+    ``torch.Generator("cpu").manual_seed(seed + i)`` whatever the method, so methods compare on paired noise.
+    See docs/guidance.md for every parameter.
     """
-    # 1. Validate and resolve defaults.
+    # 1. Check every parameter before the first denoiser call.
     family = pipeline_family(pipe)
-    if method not in ("autolora", "lora", "base"):
-        raise ConfigError(f"method must be 'autolora', 'lora' or 'base', got {method!r}")
-    if branch_mode not in ("batched", "sequential"):
-        raise ConfigError(f"branch_mode must be 'batched' or 'sequential', got {branch_mode!r}")
-    if num_images < 1:
-        raise ConfigError(f"num_images must be >= 1, got {num_images}")
-    reserved = {family.cfg_argument, "true_cfg_scale", "generator", "num_images_per_prompt", "latents"}
-    clashes = sorted(reserved & set(pipeline_kwargs))
-    if clashes:
-        raise ConfigError(
-            f"{', '.join(clashes)} are set by generate (use cfg_base / cfg_lora, seed, num_images)"
-        )
-    if method == "autolora" and pipeline_kwargs.get("guidance_rescale"):
-        # The pipeline would rescale the already guided prediction against itself, a silent no-op.
-        raise ConfigError("guidance_rescale is not supported with method='autolora'")
-    schedule = GuidanceSchedule(gamma=gamma, gamma_end=gamma_end, interval=tuple(interval))
-    cache = DeltaCachePolicy(interval=cache_interval, threshold=cache_threshold)
-    w_base = _cfg_scale("cfg_base", cfg_base, pipe)
-    w_lora = _cfg_scale("cfg_lora", cfg_lora, pipe)
-    if lora_scale is not None and not lora_scale >= 0:
-        raise ConfigError(f"lora_scale must be >= 0, got {lora_scale}")
+    params, pipeline_kwargs = GenerationParams.from_options(options, base=params)
+    _check_pipeline_kwargs(family, params, pipeline_kwargs)
+    call = _PipelineCall(pipe, family, prompt, params, pipeline_kwargs, progress=progress)
+    w_base, w_lora = _cfg_scale(params.cfg_base, pipe), _cfg_scale(params.cfg_lora, pipe)
     switcher = BranchSwitcher(pipeline_modules(pipe))
-    lora_branch = _lora_branch(pipe, lora_scale) if method != "base" else {}
-    reference_branch = _reference_branch(pipe, reference, lora_branch) if method != "base" else {}
-    sizes = {"num_inference_steps": num_inference_steps, "height": height, "width": width}
-    call = _PipelineCall(
-        pipe,
-        family,
-        {"prompt": prompt, **{k: v for k, v in sizes.items() if v is not None}, **pipeline_kwargs},
-        negative_prompt=negative_prompt,
-        num_images=num_images,
-        seed=seed,
-        progress=progress,
+    lora_branch = _lora_branch(pipe, params.lora_scale) if params.method != "base" else {}
+    reference_branch = (
+        _reference_branch(pipe, params.reference, lora_branch) if params.method == "autolora" else {}
     )
 
     # 2. Run one model alone (the base or the LoRA model, or AutoLoRA whose other branch has weight zero on every
     # step, which is then never evaluated), or AutoLoRA; always give the user's adapter state back.
+    method = params.method
     if method == "autolora":
-        method = {"lora": "lora", "reference": "base", None: "autolora"}[schedule.single_branch()]
+        method = {"lora": "lora", "reference": "base", None: "autolora"}[params.schedule.single_branch()]
     try:
         if method == "base":
             switcher.apply(reference_branch)
@@ -183,9 +146,22 @@ def generate(
             switcher.apply(lora_branch)
             return call.run(w_lora)
         branches = (_BranchInputs(reference_branch, w_base), _BranchInputs(lora_branch, w_lora))
-        return _run_autolora(call, switcher, schedule, branches, branch_mode, cache)
+        return _run_autolora(call, switcher, params.schedule, branches, params.branch_mode, params.cache)
     finally:
         switcher.restore()
+
+
+def _check_pipeline_kwargs(family: PipelineFamily, params: GenerationParams, kwargs: dict[str, Any]) -> None:
+    """Refuse pipeline arguments that ``generate`` sets itself or that would silently undo the guidance."""
+    reserved = {family.cfg_argument, "true_cfg_scale", "generator", "num_images_per_prompt", "latents"}
+    clashes = sorted(reserved & set(kwargs))
+    if clashes:
+        raise ConfigError(
+            f"{', '.join(clashes)} are set by generate (use cfg_base / cfg_lora, seed, num_images)"
+        )
+    if params.method == "autolora" and kwargs.get("guidance_rescale"):
+        # The pipeline would rescale the already guided prediction against itself, a silent no-op.
+        raise ConfigError("guidance_rescale is not supported with method='autolora'")
 
 
 def _run_autolora(
@@ -193,7 +169,7 @@ def _run_autolora(
     switcher: BranchSwitcher,
     schedule: GuidanceSchedule,
     branches: tuple[_BranchInputs, _BranchInputs],
-    branch_mode: Literal["batched", "sequential"],
+    branch_mode: BranchMode,
     cache: DeltaCachePolicy,
 ) -> list[PIL.Image.Image]:
     """Capture each branch's denoiser inputs, then run the pipeline as the LoRA model with the guidance hook."""
@@ -222,13 +198,8 @@ def _run_autolora(
         return call.run(lora.w)
 
 
-def _cfg_scale(name: str, value: float | None, pipe: Any) -> float:
-    if value is None:
-        return default_cfg_scale(pipe)
-    # Pipelines treat w <= 1 as "no CFG"; below 1 would silently mean 1, so it is refused.
-    if not value >= 1:
-        raise ConfigError(f"{name} must be >= 1 (1 = no classifier-free guidance), got {value}")
-    return float(value)
+def _cfg_scale(value: float | None, pipe: Any) -> float:
+    return default_cfg_scale(pipe) if value is None else value
 
 
 def _lora_branch(pipe: Any, lora_scale: float | None) -> Branch:
@@ -239,24 +210,16 @@ def _lora_branch(pipe: Any, lora_scale: float | None) -> Branch:
 
 
 def _reference_branch(pipe: Any, reference: str | float | dict[str, float], lora_branch: Branch) -> Branch:
-    if isinstance(reference, str):
-        if reference != "base":
-            raise ConfigError(
-                f"reference must be 'base', a scale or a dict adapter->scale, got {reference!r}"
-            )
+    """The reference branch's adapters (scales checked by ``GenerationParams``): none, or loaded ones."""
+    if reference == "base":
         return {}
-    if isinstance(reference, dict):
-        loaded = {name for names in pipe.get_list_adapters().values() for name in names}
-        unknown = sorted(set(reference) - loaded)
-        if unknown:
-            raise ConfigError(f"reference adapters not loaded: {unknown}; loaded: {sorted(loaded)}")
-        branch = dict(reference)
-    else:
-        branch = dict.fromkeys(lora_branch, reference)
-    negative = {name: scale for name, scale in branch.items() if not float(scale) >= 0}
-    if negative:
-        raise ConfigError(f"reference scales must be >= 0, got {negative}")
-    return {name: float(scale) for name, scale in branch.items()}
+    if not isinstance(reference, dict):
+        return dict.fromkeys(lora_branch, reference)
+    loaded = {name for names in pipe.get_list_adapters().values() for name in names}
+    unknown = sorted(set(reference) - loaded)
+    if unknown:
+        raise ConfigError(f"reference adapters not loaded: {unknown}; loaded: {sorted(loaded)}")
+    return dict(reference)
 
 
 def _mixable(reference_branch: Branch, lora_branch: Branch) -> bool:
@@ -281,18 +244,27 @@ class _PipelineCall:
         self,
         pipe: Any,
         family: PipelineFamily,
-        kwargs: dict[str, Any],
+        prompt: str,
+        params: GenerationParams,
+        pipeline_kwargs: dict[str, Any],
         *,
-        negative_prompt: str | None,
-        num_images: int,
-        seed: int,
         progress: bool,
     ) -> None:
         self.pipe, self.family = pipe, family
-        self.kwargs = {**kwargs, "num_images_per_prompt": num_images}
-        self.negative_prompt = negative_prompt
-        self.num_images = num_images
-        self.seed = seed
+        sizes = {
+            "num_inference_steps": params.num_inference_steps,
+            "height": params.height,
+            "width": params.width,
+        }
+        self.kwargs = {
+            "prompt": prompt,
+            **{name: value for name, value in sizes.items() if value is not None},
+            **pipeline_kwargs,
+            "num_images_per_prompt": params.num_images,
+        }
+        self.negative_prompt = params.negative_prompt
+        self.num_images = params.num_images
+        self.seed = params.seed
         self.progress = progress
 
     def _arguments(self, w: float) -> dict[str, Any]:
@@ -408,7 +380,7 @@ class AutoLoRAHook(ModelHook):
         family: PipelineFamily,
         num_images: int,
         branches: tuple[_BranchInputs, _BranchInputs],
-        branch_mode: Literal["batched", "sequential"],
+        branch_mode: BranchMode,
         scheduler: Any,
         cache: DeltaCachePolicy,
     ) -> None:
