@@ -344,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     drift = delta_drift(pipe, prompts, args)
     own = overhead(pipe, prompts[0], args)
     table, count = cost_table(args.loras, args)
+    # The raw measurements, so that the report can be written again without measuring again.
+    torch.save({"drift": drift, "own": own, "table": table, "prompts": count}, args.work / "measurements.pt")
     text = report(drift, own, table, count, args, argv, start_load)
     print(text)
     if args.out is not None:

@@ -278,12 +278,13 @@ def measure_variants(
     """
     size = args.latent_size * pipe.vae_scale_factor
     kwargs = {"height": size, "width": size, "seed": 0, "progress": False}
-    for options in VARIANTS.values():
+    variants = {name: VARIANTS[name] for name in args.variants}
+    for options in variants.values():
         time_image(pipe, options, {**kwargs, "num_inference_steps": 1}, synchronize)
     kwargs["num_inference_steps"] = args.steps
-    runs: dict[str, list] = {name: [] for name in VARIANTS}
+    runs: dict[str, list] = {name: [] for name in variants}
     for repeat in range(args.repeats):
-        for name, options in VARIANTS.items():
+        for name, options in variants.items():
             runs[name].append(time_image(pipe, options, kwargs, synchronize))
             print(f"repeat {repeat + 1}, {name}: {runs[name][-1][0]:.2f} s", file=sys.stderr, flush=True)
     return {
@@ -339,6 +340,7 @@ def overhead_line(results: dict[str, Measurement]) -> str:
     parts = [
         f"{name} {100 * (results[name].seconds / own - 1):+.1f} %"
         for name in (REFERENCE_VARIANT, "generate(gamma=1)")
+        if name in results
     ]
     return f"Overhead against the pipeline's own call (target <= 3 %): {', '.join(parts)}."
 
@@ -387,7 +389,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per image (default: 4)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per method (default: 3)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default: 8)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        metavar="NAME",
+        help="methods to measure (default: all)",
+    )
     args = parser.parse_args(argv)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown or not {REFERENCE_VARIANT, OWN_CALL} <= set(args.variants):
+        parser.error(
+            f"--variants must be names from {list(VARIANTS)}, including {REFERENCE_VARIANT!r}, {OWN_CALL!r}"
+        )
     if args.latent_size is None:
         native = (SD15_UNET if args.arch == "sd15" else SDXL_UNET)["sample_size"]
         args.latent_size = 32 if args.device == "cpu" else native
