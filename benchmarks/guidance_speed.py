@@ -40,7 +40,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from autolora import generate, load_lora
+from autolora import default_cfg_scale, generate, load_lora
 from autolora.branches import BranchSwitcher, pipeline_modules
 from autolora.provenance import git_revision, package_versions
 from autolora.world.tokenizer import build_clip_tokenizer
@@ -74,15 +74,27 @@ SDXL_UNET = {
     "projection_class_embeddings_input_dim": 2816,
 }
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-VARIANTS: dict[str, dict[str, Any]] = {
+# ``None``: the pipeline's own ``__call__`` with the LoRA active, against which our overhead is measured.
+OWN_CALL = "pipeline's own call (LoRA+CFG)"
+VARIANTS: dict[str, dict[str, Any] | None] = {
     "base CFG": {"method": "base"},
+    OWN_CALL: None,
     "LoRA+CFG": {"method": "lora"},
+    "generate(gamma=1)": {"method": "autolora", "gamma": 1.0},
     "AutoLoRA sequential": {"method": "autolora", "branch_mode": "sequential"},
     "AutoLoRA batched": {"method": "autolora", "branch_mode": "batched"},
     "AutoLoRA batched, interval 0,0.5": {
         "method": "autolora",
         "branch_mode": "batched",
         "interval": (0.0, 0.5),
+    },
+    "AutoLoRA cached k=2": {"method": "autolora", "cache_interval": 2},
+    "AutoLoRA cached k=3": {"method": "autolora", "cache_interval": 3},
+    "AutoLoRA cached k=5": {"method": "autolora", "cache_interval": 5},
+    "AutoLoRA cached adaptive (0.3, k<=5)": {
+        "method": "autolora",
+        "cache_interval": 5,
+        "cache_threshold": 0.3,
     },
 }
 REFERENCE_VARIANT = "LoRA+CFG"
@@ -230,14 +242,28 @@ class Measurement:
     rows: int
 
 
+def own_call(pipe: Any, kwargs: dict[str, Any]) -> None:
+    """The pipeline's own LoRA+CFG call, as ``generate(method="lora")`` makes it, without ``generate``."""
+    pipe.set_progress_bar_config(disable=True)
+    pipe(
+        PROMPT,
+        guidance_scale=default_cfg_scale(pipe),
+        generator=[torch.Generator("cpu").manual_seed(kwargs["seed"])],
+        **{k: v for k, v in kwargs.items() if k not in ("seed", "progress")},
+    )
+
+
 def time_image(
-    pipe: Any, options: dict[str, Any], kwargs: dict[str, Any], synchronize: Callable[[], None]
+    pipe: Any, options: dict[str, Any] | None, kwargs: dict[str, Any], synchronize: Callable[[], None]
 ) -> tuple[float, DenoiserMeter]:
-    """Wall seconds and the denoiser meter of generating one image with ``options``."""
+    """Wall seconds and the denoiser meter of generating one image with ``options`` (``None``: own call)."""
     with metered(pipe.unet, synchronize) as meter:
         synchronize()
         start = time.perf_counter()
-        generate(pipe, PROMPT, **kwargs, **options)
+        if options is None:
+            own_call(pipe, kwargs)
+        else:
+            generate(pipe, PROMPT, **kwargs, **options)
         synchronize()
         return time.perf_counter() - start, meter
 
@@ -252,12 +278,13 @@ def measure_variants(
     """
     size = args.latent_size * pipe.vae_scale_factor
     kwargs = {"height": size, "width": size, "seed": 0, "progress": False}
-    for options in VARIANTS.values():
-        generate(pipe, PROMPT, num_inference_steps=1, **kwargs, **options)
+    variants = {name: VARIANTS[name] for name in args.variants}
+    for options in variants.values():
+        time_image(pipe, options, {**kwargs, "num_inference_steps": 1}, synchronize)
     kwargs["num_inference_steps"] = args.steps
-    runs: dict[str, list] = {name: [] for name in VARIANTS}
+    runs: dict[str, list] = {name: [] for name in variants}
     for repeat in range(args.repeats):
-        for name, options in VARIANTS.items():
+        for name, options in variants.items():
             runs[name].append(time_image(pipe, options, kwargs, synchronize))
             print(f"repeat {repeat + 1}, {name}: {runs[name][-1][0]:.2f} s", file=sys.stderr, flush=True)
     return {
@@ -296,15 +323,26 @@ def results_table(results: dict[str, Measurement], steps: int) -> str:
     ref = results[REFERENCE_VARIANT]
     lines = [
         "| method | s / image | x LoRA+CFG | UNet calls / image | UNet rows / image | x LoRA+CFG (rows) |"
-        " UNet s / step |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        " UNet s / step | s / image outside the UNet |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in results.items():
         lines.append(
-            f"| {name} | {m.seconds:.2f} | {m.seconds / ref.seconds:.2f} | {m.calls} | {m.rows} "
-            f"| {m.rows / ref.rows:.2f} | {m.denoiser_seconds / steps:.2f} |"
+            f"| {name} | {m.seconds:.2f} | {m.seconds / ref.seconds:.3f} | {m.calls} | {m.rows} "
+            f"| {m.rows / ref.rows:.2f} | {m.denoiser_seconds / steps:.2f} | {m.seconds - m.denoiser_seconds:.3f} |"
         )
     return "\n".join(lines)
+
+
+def overhead_line(results: dict[str, Measurement]) -> str:
+    """Our own overhead: ``generate`` at the LoRA+CFG's denoiser evaluations against the pipeline's own call."""
+    own = results[OWN_CALL].seconds
+    parts = [
+        f"{name} {100 * (results[name].seconds / own - 1):+.1f} %"
+        for name in (REFERENCE_VARIANT, "generate(gamma=1)")
+        if name in results
+    ]
+    return f"Overhead against the pipeline's own call (target <= 3 %): {', '.join(parts)}."
 
 
 def _load() -> str:
@@ -351,7 +389,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per image (default: 4)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per method (default: 3)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default: 8)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        metavar="NAME",
+        help="methods to measure (default: all)",
+    )
     args = parser.parse_args(argv)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown or not {REFERENCE_VARIANT, OWN_CALL} <= set(args.variants):
+        parser.error(
+            f"--variants must be names from {list(VARIANTS)}, including {REFERENCE_VARIANT!r}, {OWN_CALL!r}"
+        )
     if args.latent_size is None:
         native = (SD15_UNET if args.arch == "sd15" else SDXL_UNET)["sample_size"]
         args.latent_size = 32 if args.device == "cpu" else native
@@ -376,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             provenance(args, argv, start_load),
             results_table(results, args.steps),
+            overhead_line(results),
             f"One adapter switch: {switch * 1e3:.2f} ms = {100 * switch / step:.2g} % of one LoRA+CFG "
             f"denoising step ({step:.2f} s).",
         ]

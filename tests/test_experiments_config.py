@@ -95,6 +95,23 @@ def test_work_item_keys_are_stable_and_depend_on_every_parameter():
     assert not {i.key for i in first} & {i.key for i in other_model}
 
 
+def test_delta_cache_options_are_sweep_keys_used_by_autolora_only():
+    config = parse_config(
+        _with(
+            grid={"cache_interval": [2, 3]},
+            variants=[
+                {"name": "CFG", "method": "lora"},
+                {"name": "Auto", "method": "autolora", "cache_threshold": 0.3},
+            ],
+        )
+    )
+    items = config.work_items()
+    assert sum(i.variant == "CFG" for i in items) == 2  # LoRA+CFG images do not depend on the cache
+    auto = [i.params for i in items if i.variant == "Auto"]
+    assert sorted(p["cache_interval"] for p in auto) == [2, 2, 3, 3]
+    assert all(p["cache_threshold"] == 0.3 for p in auto)
+
+
 def test_cfg_sets_both_guidance_scales():
     (item, *_) = parse_config(_with(generate={"cfg": 3.0})).work_items()
     assert item.params["cfg_base"] == item.params["cfg_lora"] == 3.0

@@ -117,6 +117,83 @@ def test_integrated_result_equals_step_by_step_algorithm_2(pipe, kind, w_base, w
     assert (integrated - reference).abs().max() <= 1e-5 * reference.abs().max()
 
 
+def test_cached_delta_equals_step_by_step_algorithm_2_with_held_delta(pipe, kind):
+    # Two steps at cache_interval 2: step 0 evaluates both branches, step 1 the LoRA branch with step 0's delta.
+    integrated = generate(
+        pipe,
+        PROMPT,
+        gamma=1.5,
+        cfg_base=W_BASE,
+        cfg_lora=W_LORA,
+        output_type="latent",
+        cache_interval=2,
+        **_options(),
+    )
+    reference = _reference_algorithm_2(pipe, kind, gamma=1.5, w_base=W_BASE, w_lora=W_LORA, cache_interval=2)
+    assert (integrated - reference).abs().max() <= 1e-5 * reference.abs().max()
+    full = _reference_algorithm_2(pipe, kind, gamma=1.5, w_base=W_BASE, w_lora=W_LORA)
+    assert (integrated - full).abs().max() > 1e-4 * full.abs().max()
+
+
+def test_cache_interval_one_is_exactly_full_autolora(pipe):
+    full = _generate(pipe, gamma=1.5, num_inference_steps=3)
+    assert np.array_equal(_generate(pipe, gamma=1.5, num_inference_steps=3, cache_interval=1), full)
+    assert np.array_equal(
+        _generate(pipe, gamma=1.5, num_inference_steps=3, cache_interval=1, branch_mode="sequential"),
+        _generate(pipe, gamma=1.5, num_inference_steps=3, branch_mode="sequential"),
+    )
+
+
+def _evaluated_rows(pipe, kind, **options):
+    """The denoiser rows evaluated per step by ``_generate(**options)``, and its image."""
+    rows = []
+    # The denoiser's input layer sees every evaluation, and only real ones (not the pipeline's calls).
+    handle = _INPUT_LAYER[kind](pipe).register_forward_pre_hook(
+        lambda module, args: rows.append(args[0].shape[0])
+    )
+    try:
+        image = _generate(pipe, **options)
+    finally:
+        handle.remove()
+    return rows, image
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0])
+def test_branch_with_weight_zero_is_never_evaluated(pipe, kind, gamma):
+    method = "lora" if gamma == 1 else "base"
+    own_rows, own_image = _evaluated_rows(pipe, kind, method=method, num_inference_steps=3)
+    rows, image = _evaluated_rows(pipe, kind, gamma=gamma, num_inference_steps=3)
+    assert rows == own_rows and len(rows) == 3 * (2 if kind == "flux" else 1)
+    assert np.abs(image - own_image).max() < 1e-5
+
+
+def test_ramp_step_at_gamma_one_evaluates_the_lora_branch_only(pipe, kind):
+    # gamma ramps 1.5 -> 1.0 over three steps: the last step's reference weight is zero.
+    full_rows, _ = _evaluated_rows(pipe, kind, gamma=1.5, num_inference_steps=3)
+    rows, _ = _evaluated_rows(pipe, kind, gamma=1.5, gamma_end=1.0, num_inference_steps=3)
+    full_step = sum(full_rows) // 3
+    assert sum(rows) == 2 * full_step + full_step // 2
+
+
+@pytest.mark.parametrize(("cache", "refreshes"), [({"cache_interval": 2}, 2), ({"cache_interval": 3}, 2)])
+def test_cached_steps_evaluate_the_lora_branch_only(pipe, kind, cache, refreshes):
+    # Four steps: both branches on the refresh steps (0, 2 with k = 2; 0, 3 with k = 3), the LoRA branch else.
+    lora_rows, _ = _evaluated_rows(pipe, kind, method="lora", num_inference_steps=4)
+    rows, _ = _evaluated_rows(pipe, kind, gamma=1.5, num_inference_steps=4, **cache)
+    assert sum(rows) == sum(lora_rows) + refreshes * sum(lora_rows) // 4
+
+
+def test_adaptive_cache_refreshes_when_the_lora_prediction_drifts(pipe, kind):
+    full = _generate(pipe, gamma=1.5, num_inference_steps=4)
+    # A tiny threshold refreshes on every step: full AutoLoRA (branches evaluated one after the other).
+    always = _generate(pipe, gamma=1.5, num_inference_steps=4, cache_interval=4, cache_threshold=1e-9)
+    assert np.abs(always - full).max() < 1e-5
+    # A huge threshold never triggers: the interval alone decides, as without a threshold.
+    never = _generate(pipe, gamma=1.5, num_inference_steps=4, cache_interval=4, cache_threshold=1e9)
+    assert np.array_equal(never, _generate(pipe, gamma=1.5, num_inference_steps=4, cache_interval=4))
+    assert np.abs(never - full).max() > 1e-4
+
+
 def test_paired_noise_image_i_uses_seed_plus_i(pipe):
     pair = _generate(pipe, seed=3, num_images=2)
     assert np.abs(pair[0] - _generate(pipe, seed=3)[0]).max() < 1e-5
@@ -245,6 +322,10 @@ def test_text_encoder_lora_base_branch_uses_base_encoder_embeddings(kind, tmp_pa
         ({"reference": {"missing": 1.0}}, "missing"),
         ({"reference": -0.5}, "reference"),
         ({"num_images": 0}, "num_images"),
+        ({"cache_interval": 0}, "cache_interval"),
+        ({"cache_interval": 1.5}, "cache_interval"),
+        ({"cache_threshold": 0.1}, "cache_threshold needs cache_interval"),
+        ({"cache_interval": 2, "cache_threshold": -1.0}, "cache_threshold"),
         ({"num_inference_steps": 0}, "num_inference_steps must be >= 1"),
         ({"height": 40, "width": None}, "height and width must be given together"),
         ({"guidance_scale": 3.0}, "cfg_base"),
@@ -283,8 +364,9 @@ def test_load_pipeline_reads_saved_folder(tmp_path):
 
 
 # An independent Algorithm 2: four plain denoiser calls per step, Eq. 7 written out, the scheduler stepped here.
+# With cache_interval k, steps i with i % k != 0 evaluate the LoRA branch only and reuse the last delta.
 @torch.no_grad()
-def _reference_algorithm_2(pipe, kind, *, gamma, w_base, w_lora):
+def _reference_algorithm_2(pipe, kind, *, gamma, w_base, w_lora, cache_interval=1):
     scheduler = copy.deepcopy(pipe.scheduler)
     conditions = {}
     for branch in ("base", "lora"):
@@ -293,15 +375,19 @@ def _reference_algorithm_2(pipe, kind, *, gamma, w_base, w_lora):
     pipe.enable_lora()
     generator = [torch.Generator("cpu").manual_seed(0)]
     latents, extra = _LATENTS[kind](pipe, generator, scheduler)
-    for t in scheduler.timesteps:
+    for i, t in enumerate(scheduler.timesteps):
         x = scheduler.scale_model_input(latents, t) if kind in ("sd15", "sdxl") else latents
         eps = {}
-        for branch in ("base", "lora"):
+        for branch in ("base", "lora") if i % cache_interval == 0 else ("lora",):
             pipe.enable_lora() if branch == "lora" else pipe.disable_lora()
             uncond, cond = (_DENOISE[kind](pipe, x, t, c, extra) for c in conditions[branch])
             eps[branch] = uncond + (w_base if branch == "base" else w_lora) * (cond - uncond)
         pipe.enable_lora()
-        guided = eps["base"] + gamma * (eps["lora"] - eps["base"])
+        if "base" in eps:
+            delta = eps["lora"] - eps["base"]
+            guided = eps["base"] + gamma * (eps["lora"] - eps["base"])
+        else:
+            guided = eps["lora"] + (gamma - 1) * delta
         latents = scheduler.step(guided, t, latents, return_dict=False)[0]
     return latents
 

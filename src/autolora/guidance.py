@@ -12,6 +12,7 @@ gamma = 1 is the LoRA model with CFG, gamma = 0 the base model with CFG, gamma >
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -53,6 +54,20 @@ def autolora_cfg(
     )
 
 
+# Eq. 7 written around the LoRA branch: eps = cfg_lora + (gamma - 1) * delta, delta = cfg_lora - cfg_base.
+def guidance_delta(eps_base_cfg: torch.Tensor, eps_lora_cfg: torch.Tensor) -> torch.Tensor:
+    """The AutoLoRA correction ``delta = cfg_lora - cfg_base`` (Eq. 7), what a delta cache keeps between steps."""
+    return eps_lora_cfg - eps_base_cfg
+
+
+def autolora_from_delta(eps_lora_cfg: torch.Tensor, delta: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Eq. 7 from the LoRA branch and a (possibly cached) correction: ``cfg_lora + (gamma - 1) delta``.
+
+    With ``delta`` of the same step this equals ``autolora(cfg_base, cfg_lora, gamma)`` up to rounding.
+    """
+    return eps_lora_cfg + (gamma - 1) * delta
+
+
 @dataclass(frozen=True)
 class GuidanceSchedule:
     """When AutoLoRA guidance applies and with which gamma, per denoising step.
@@ -82,6 +97,19 @@ class GuidanceSchedule:
         """Whether AutoLoRA guidance applies at ``step`` (0-based) of ``num_steps``."""
         start, end = self.interval
         return start <= step / num_steps < end
+
+    def single_branch(self) -> Literal["lora", "reference"] | None:
+        """The branch every step reduces to when the other one's weight is zero on every step, else ``None``.
+
+        No guided step, or gamma 1 throughout, is the LoRA branch's own CFG; gamma 0 on every step is the
+        reference branch's. The other branch then never needs evaluating.
+        """
+        gamma_end = self.gamma if self.gamma_end is None else self.gamma_end
+        if self.interval[0] == self.interval[1] or self.gamma == gamma_end == 1:
+            return "lora"
+        if self.interval == (0.0, 1.0) and self.gamma == gamma_end == 0:
+            return "reference"
+        return None
 
     def gamma_at(self, step: int, num_steps: int) -> float:
         """The gamma of ``step``: constant, or the linear ramp from ``gamma`` to ``gamma_end``."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from autolora.delta_cache import DeltaCachePolicy
 from autolora.errors import ConfigError
 from autolora.guidance import GuidanceSchedule
 
@@ -253,6 +254,23 @@ class GenerationParams:
         "evaluate the base and LoRA branches in one batch or one after the other",
         methods=frozenset({"autolora"}),
     )
+    cache_interval: int = _option(
+        1,
+        _integer(1),
+        "evaluate the reference branch on every K-th guided step only and reuse its AutoLoRA delta "
+        "cfg_lora - cfg_base in between (1 = every step, full AutoLoRA)",
+        methods=frozenset({"autolora"}),
+        metavar="K",
+    )
+    cache_threshold: float | None = _option(
+        None,
+        _real(0.0),
+        "adaptive delta cache: also evaluate the reference branch once the LoRA prediction has drifted by "
+        "more than T (relative L1, summed over steps) since it last was; needs a cache interval > 1, which "
+        "then bounds the steps between evaluations",
+        methods=frozenset({"autolora"}),
+        metavar="T",
+    )
     negative_prompt: str | None = _option(
         None, _text, "negative prompt (default: none)", metavar="N", group="prompt"
     )
@@ -294,6 +312,12 @@ class GenerationParams:
             object.__setattr__(self, field.name, self.check_field(field.name, getattr(self, field.name)))
         if (self.height is None) != (self.width is None):
             raise ConfigError("height and width must be given together")
+        DeltaCachePolicy(interval=self.cache_interval, threshold=self.cache_threshold)  # checks them together
+
+    @property
+    def cache(self) -> DeltaCachePolicy:
+        """When the delta cache evaluates the reference branch."""
+        return DeltaCachePolicy(interval=self.cache_interval, threshold=self.cache_threshold)
 
     @classmethod
     def check_field(cls, name: str, value: Any, where: str | None = None) -> Any:

@@ -27,10 +27,11 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from autolora.branches import BASE_ADAPTER, Branch, BranchSwitcher, pipeline_modules
+from autolora.delta_cache import DeltaCache, DeltaCachePolicy
 from autolora.devices import TorchDType
 from autolora.devices import torch_dtype as dtype_by_name
 from autolora.errors import ConfigError, InputFileError
-from autolora.guidance import GuidanceSchedule, autolora_cfg
+from autolora.guidance import GuidanceSchedule, autolora, cfg
 from autolora.params import BranchMode, GenerationParams
 from autolora.sources import is_local, model_default_cfg, resolve_model
 
@@ -123,18 +124,24 @@ def generate(
     w_base, w_lora = _cfg_scale(params.cfg_base, pipe), _cfg_scale(params.cfg_lora, pipe)
     switcher = BranchSwitcher(pipeline_modules(pipe))
     lora_branch = _lora_branch(pipe, params.lora_scale) if params.method != "base" else {}
+    reference_branch = (
+        _reference_branch(pipe, params.reference, lora_branch) if params.method == "autolora" else {}
+    )
 
-    # 2. Run the base or the LoRA model alone, or AutoLoRA; always give the user's adapter state back.
+    # 2. Run one model alone (the base or the LoRA model, or AutoLoRA whose other branch has weight zero on every
+    # step, which is then never evaluated), or AutoLoRA; always give the user's adapter state back.
+    method = params.method
+    if method == "autolora":
+        method = {"lora": "lora", "reference": "base", None: "autolora"}[params.schedule.single_branch()]
     try:
-        if params.method == "base":
-            switcher.apply({})
+        if method == "base":
+            switcher.apply(reference_branch)
             return call.run(w_base)
-        if params.method == "lora":
+        if method == "lora":
             switcher.apply(lora_branch)
             return call.run(w_lora)
-        reference_branch = _reference_branch(pipe, params.reference, lora_branch)
         branches = (_BranchInputs(reference_branch, w_base), _BranchInputs(lora_branch, w_lora))
-        return _run_autolora(call, switcher, params.schedule, branches, params.branch_mode)
+        return _run_autolora(call, switcher, params.schedule, branches, params.branch_mode, params.cache)
     finally:
         switcher.restore()
 
@@ -158,6 +165,7 @@ def _run_autolora(
     schedule: GuidanceSchedule,
     branches: tuple[_BranchInputs, _BranchInputs],
     branch_mode: BranchMode,
+    cache: DeltaCachePolicy,
 ) -> list[PIL.Image.Image]:
     """Capture each branch's denoiser inputs, then run the pipeline as the LoRA model with the guidance hook."""
     for branch in branches:
@@ -179,6 +187,7 @@ def _run_autolora(
         branches=branches,
         branch_mode=branch_mode,
         scheduler=call.pipe.scheduler,
+        cache=cache,
     )
     with hooked(_denoiser(call.pipe), hook):
         return call.run(lora.w)
@@ -368,12 +377,14 @@ class AutoLoRAHook(ModelHook):
         branches: tuple[_BranchInputs, _BranchInputs],
         branch_mode: BranchMode,
         scheduler: Any,
+        cache: DeltaCachePolicy,
     ) -> None:
         super().__init__()
         self.switcher, self.schedule, self.family, self.num_images = switcher, schedule, family, num_images
         self.reference, self.lora = branches
         self.branch_mode = branch_mode
         self.scheduler = scheduler
+        self.cache = DeltaCache(cache)
         self.calls_per_step = len(self.lora.inputs)
         self.num_calls = 0
         self.guided: torch.Tensor | None = None
@@ -387,72 +398,71 @@ class AutoLoRAHook(ModelHook):
         step, slot = divmod(self.num_calls, self.calls_per_step)
         self.num_calls += 1
         num_steps = len(self.scheduler.timesteps)
-        if not self.schedule.is_active(step, num_steps):
-            # Outside the interval the step is the LoRA model's own CFG: the pipeline's call, unchanged.
+        gamma = self.schedule.gamma_at(step, num_steps)
+        if not self.schedule.is_active(step, num_steps) or gamma == 1:
+            # The step is the LoRA model's own CFG (outside the interval, or the reference's weight is zero):
+            # the pipeline's call, unchanged.
             return self.fn_ref.original_forward(*args, **kwargs)
         inputs = _keyword_inputs(module, args, kwargs)
         latents = inputs[self.latent_name]
         if slot == 0:
-            self.guided = self._guided_prediction(
-                latents[: self.num_images], inputs["timestep"], step, num_steps
-            )
+            self.guided = self._guided_prediction(latents[: self.num_images], inputs["timestep"], gamma)
         # Every slot the pipeline combines gets the guided prediction, so its CFG formula returns it unchanged.
         repeats = latents.shape[0] // self.num_images
         sample = self.guided.repeat(repeats, *([1] * (self.guided.ndim - 1)))
         return _as_output(sample, inputs)
 
-    def _guided_prediction(
-        self, latents: torch.Tensor, timestep: Any, step: int, num_steps: int
-    ) -> torch.Tensor:
-        """Algorithm 2, one step: four predictions (two with w = 1), combined by Eq. 7."""
-        calls = {
-            branch_id: [self._branch_call(inputs, latents, timestep) for inputs in branch.inputs]
-            for branch_id, branch in (("reference", self.reference), ("lora", self.lora))
-        }
-        if self.branch_mode == "batched":
-            predictions = self._batched_forward(calls)
+    def _guided_prediction(self, latents: torch.Tensor, timestep: Any, gamma: float) -> torch.Tensor:
+        """Algorithm 2, one step: Eq. 7 from the branches whose weight is not zero, the delta cache permitting."""
+        if gamma == 0:
+            return self._predict([self.reference], latents, timestep)[0]
+        if not self.cache.due():
+            # Cached step: the LoRA branch alone, unless the adaptive rule sees its prediction drift.
+            (eps_lora,) = self._predict([self.lora], latents, timestep)
+            if not self.cache.drifted(eps_lora):
+                return self.cache.reuse(eps_lora, gamma)
+            (eps_base,) = self._predict([self.reference], latents, timestep)
         else:
-            predictions = self._sequential_forward(calls)
+            eps_base, eps_lora = self._predict([self.reference, self.lora], latents, timestep)
+        self.cache.store(eps_base, eps_lora)
+        return autolora(eps_base, eps_lora, gamma)
+
+    def _predict(
+        self, branches: list[_BranchInputs], latents: torch.Tensor, timestep: Any
+    ) -> list[torch.Tensor]:
+        """Each branch's CFG prediction at this step, both in one forward when batched; leaves the LoRA active."""
+        calls = [
+            [_step_inputs(inputs, self.latent_name, latents, timestep) for inputs in b.inputs]
+            for b in branches
+        ]
+        if self.branch_mode == "batched" and len(branches) == 2:
+            outputs = self._batched_forward(*calls)
+        else:
+            outputs = self._sequential_forward(branches, calls)
         self.switcher.apply(self.lora.branch)
-        eps_base_uncond, eps_base_cond = self._uncond_cond(predictions["reference"], self.reference.w)
-        eps_lora_uncond, eps_lora_cond = self._uncond_cond(predictions["lora"], self.lora.w)
-        return autolora_cfg(
-            eps_base_uncond,
-            eps_base_cond,
-            eps_lora_uncond,
-            eps_lora_cond,
-            w_base=self.reference.w,
-            w_lora=self.lora.w,
-            gamma=self.schedule.gamma_at(step, num_steps),
-        )
+        return [
+            _branch_cfg(output, branch.w, self.family)
+            for output, branch in zip(outputs, branches, strict=True)
+        ]
 
-    def _branch_call(self, captured: dict[str, Any], latents: torch.Tensor, timestep: Any) -> dict[str, Any]:
-        """A captured branch input with this step's latents and timestep."""
-        rows = captured[self.latent_name].shape[0]
-        inputs = {**captured, "return_dict": False}
-        inputs[self.latent_name] = latents.repeat(rows // self.num_images, *([1] * (latents.ndim - 1)))
-        if isinstance(timestep, torch.Tensor) and timestep.ndim > 0:
-            # Per-row timesteps (SD3, Flux) are all equal within a step.
-            timestep = timestep.reshape(-1)[:1].expand(rows)
-        inputs["timestep"] = timestep
-        return inputs
-
-    def _sequential_forward(self, calls: dict[str, list[dict[str, Any]]]) -> dict[str, list[torch.Tensor]]:
-        predictions = {}
-        for branch_id, branch in (("reference", self.reference), ("lora", self.lora)):
+    def _sequential_forward(
+        self, branches: list[_BranchInputs], calls: list[list[dict[str, Any]]]
+    ) -> list[list[torch.Tensor]]:
+        outputs = []
+        for branch, branch_calls in zip(branches, calls, strict=True):
             self.switcher.apply(branch.branch)
-            predictions[branch_id] = [
-                self.fn_ref.original_forward(**inputs)[0] for inputs in calls[branch_id]
-            ]
-        return predictions
+            outputs.append([self.fn_ref.original_forward(**inputs)[0] for inputs in branch_calls])
+        return outputs
 
-    def _batched_forward(self, calls: dict[str, list[dict[str, Any]]]) -> dict[str, list[torch.Tensor]]:
+    def _batched_forward(
+        self, reference_calls: list[dict[str, Any]], lora_calls: list[dict[str, Any]]
+    ) -> list[list[torch.Tensor]]:
         """One forward over [reference rows, LoRA rows]; peft's mixed batch keeps each row to its adapter."""
-        all_calls = calls["reference"] + calls["lora"]
+        all_calls = reference_calls + lora_calls
         rows = [inputs[self.latent_name].shape[0] for inputs in all_calls]
         reference_name = next(iter(self.reference.branch), BASE_ADAPTER)
         lora_name = next(iter(self.lora.branch))
-        num_reference = sum(rows[: len(calls["reference"])])
+        num_reference = sum(rows[: len(reference_calls)])
         adapter_names = [reference_name] * num_reference + [lora_name] * (sum(rows) - num_reference)
         self.switcher.apply({**self.reference.branch, **self.lora.branch})
         with self.switcher.mixed_batch(adapter_names):
@@ -460,19 +470,32 @@ class AutoLoRAHook(ModelHook):
                 0
             ]
         outputs = list(output.split(rows))
-        return {"reference": outputs[: len(calls["reference"])], "lora": outputs[len(calls["reference"]) :]}
+        return [outputs[: len(reference_calls)], outputs[len(reference_calls) :]]
 
-    def _uncond_cond(
-        self, predictions: list[torch.Tensor], w: float
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """A branch's (unconditional, conditional) predictions, laid out as its pipeline lays them out."""
-        if w == 1:
-            return None, predictions[0]
-        if self.family.batched_cfg:
-            eps_uncond, eps_cond = predictions[0].chunk(2)
-            return eps_uncond, eps_cond
+
+def _branch_cfg(predictions: list[torch.Tensor], w: float, family: PipelineFamily) -> torch.Tensor:
+    """One branch's CFG prediction (Eq. 4) from its denoiser outputs, laid out as its pipeline lays them out."""
+    if w == 1:
+        return cfg(None, predictions[0], w)
+    if family.batched_cfg:
+        eps_uncond, eps_cond = predictions[0].chunk(2)
+    else:
         eps_cond, eps_uncond = predictions
-        return eps_uncond, eps_cond
+    return cfg(eps_uncond, eps_cond, w)
+
+
+def _step_inputs(
+    captured: dict[str, Any], latent_name: str, latents: torch.Tensor, timestep: Any
+) -> dict[str, Any]:
+    """A captured denoiser call with this step's latents (repeated to its rows) and timestep."""
+    rows = captured[latent_name].shape[0]
+    inputs = {**captured, "return_dict": False}
+    inputs[latent_name] = latents.repeat(rows // latents.shape[0], *([1] * (latents.ndim - 1)))
+    if isinstance(timestep, torch.Tensor) and timestep.ndim > 0:
+        # Per-row timesteps (SD3, Flux) are all equal within a step.
+        timestep = timestep.reshape(-1)[:1].expand(rows)
+    inputs["timestep"] = timestep
+    return inputs
 
 
 def _concat_inputs(calls: list[dict[str, Any]], unbatched: frozenset[str]) -> dict[str, Any]:

@@ -15,7 +15,20 @@ from collections.abc import Sequence
 from autolora import __version__
 from autolora.errors import AutoLoRAError
 
-COMMANDS = ("generate", "eval", "sweep", "report", "demo", "world", "app", "bank", "prior", "synth", "doctor")
+COMMANDS = (
+    "generate",
+    "eval",
+    "sweep",
+    "report",
+    "demo",
+    "world",
+    "app",
+    "bank",
+    "prior",
+    "synth",
+    "distill",
+    "doctor",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
