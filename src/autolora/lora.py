@@ -74,7 +74,9 @@ def _free_name(stem: str, taken: set[str]) -> str:
     return name
 
 
-def check_lora_source(source: str, *, weight_name: str | None = None, allow_pickle: bool = False) -> Path | None:
+def check_lora_source(
+    source: str, *, weight_name: str | None = None, allow_pickle: bool = False
+) -> Path | None:
     """The local LoRA file or folder ``source`` names, checked cheaply before any model is loaded.
 
     Returns None for a Hub id (``owner/name``, downloaded by diffusers). Raises ``InputFileError`` for a
@@ -86,7 +88,10 @@ def check_lora_source(source: str, *, weight_name: str | None = None, allow_pick
         path = path / weight_name
     if not path.exists():
         looks_local = (
-            path.is_absolute() or source.startswith((".", "~")) or Path(source).suffix or source.count("/") != 1
+            path.is_absolute()
+            or source.startswith((".", "~"))
+            or Path(source).suffix
+            or source.count("/") != 1
         )
         if looks_local:
             raise InputFileError(f"LoRA {source}: no such file or folder")

@@ -28,7 +28,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from autolora.branches import BASE_ADAPTER, Branch, BranchSwitcher, pipeline_modules
 from autolora.errors import ConfigError, InputFileError
-from autolora.guidance import GuidanceSchedule, autolora_cfg
+from autolora.guidance import CADSSchedule, GuidanceSchedule, autolora_cfg, check_sigma_interval
 
 _HOOK_NAME = "autolora_guidance"
 
@@ -123,6 +123,10 @@ def generate(
     lora_scale: float | None = None,
     branch_mode: Literal["batched", "sequential"] = "batched",
     reference: str | float | dict[str, float] = "base",
+    cfg_interval: tuple[float, float] | None = None,
+    cads_noise: float | None = None,
+    cads_tau: tuple[float, float] = (0.6, 0.9),
+    cads_psi: float = 1.0,
     progress: bool = True,
     **pipeline_kwargs: Any,
 ) -> list[PIL.Image.Image]:
@@ -149,6 +153,7 @@ def generate(
         # The pipeline would rescale the already guided prediction against itself, a silent no-op.
         raise ConfigError("guidance_rescale is not supported with method='autolora'")
     schedule = GuidanceSchedule(gamma=gamma, gamma_end=gamma_end, interval=tuple(interval))
+    baselines = _cfg_baselines(family, method, cfg_interval, cads_noise, cads_tau, cads_psi)
     w_base = _cfg_scale("cfg_base", cfg_base, pipe)
     w_lora = _cfg_scale("cfg_lora", cfg_lora, pipe)
     if lora_scale is not None and not lora_scale >= 0:
@@ -169,12 +174,18 @@ def generate(
 
     # 2. Run the base or the LoRA model alone, or AutoLoRA; always give the user's adapter state back.
     try:
-        if method == "base":
-            switcher.apply({})
-            return call.run(w_base)
-        if method == "lora":
-            switcher.apply(lora_branch)
-            return call.run(w_lora)
+        if method != "autolora":
+            switcher.apply({} if method == "base" else lora_branch)
+            w = w_base if method == "base" else w_lora
+            if baselines is None:
+                return call.run(w)
+            from autolora.cfg_hooks import CFGHook
+
+            hook = CFGHook(
+                num_images=num_images, w=w, seeds=call.seeds, scheduler=pipe.scheduler, **baselines
+            )
+            with hooked(_denoiser(pipe), hook):
+                return call.run(w)
         branches = (_BranchInputs(reference_branch, w_base), _BranchInputs(lora_branch, w_lora))
         return _run_autolora(call, switcher, schedule, branches, branch_mode)
     finally:
@@ -211,6 +222,29 @@ def _run_autolora(
     )
     with hooked(_denoiser(call.pipe), hook):
         return call.run(lora.w)
+
+
+def _cfg_baselines(
+    family: PipelineFamily,
+    method: str,
+    cfg_interval: tuple[float, float] | None,
+    cads_noise: float | None,
+    cads_tau: tuple[float, float],
+    cads_psi: float,
+) -> dict[str, Any] | None:
+    """The CFG baselines' settings (limited-interval CFG, CADS) for ``CFGHook``, or None when neither is on."""
+    cads = CADSSchedule(cads_noise, tuple(cads_tau), cads_psi) if cads_noise is not None else None
+    interval = check_sigma_interval(tuple(cfg_interval)) if cfg_interval is not None else None
+    if cads is None and interval is None:
+        return None
+    if method == "autolora":
+        # They change one model's CFG; AutoLoRA has its own interval and gamma ramp.
+        raise ConfigError("cfg_interval and cads_noise apply to method 'lora' or 'base', not 'autolora'")
+    if not family.batched_cfg:
+        raise ConfigError(
+            "cfg_interval and cads_noise need a pipeline that batches [uncond, cond] (SD, SDXL, SD3)"
+        )
+    return {"interval": interval, "cads": cads}
 
 
 def _cfg_scale(name: str, value: float | None, pipe: Any) -> float:
@@ -286,12 +320,17 @@ class _PipelineCall:
         self.seed = seed
         self.progress = progress
 
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each image: ``seed + i``."""
+        return [self.seed + i for i in range(self.num_images)]
+
     def _arguments(self, w: float) -> dict[str, Any]:
         arguments = {
             **self.kwargs,
             self.family.cfg_argument: w,
             # Paired noise: image i always starts from seed + i, whatever the method or number of images.
-            "generator": [torch.Generator("cpu").manual_seed(self.seed + i) for i in range(self.num_images)],
+            "generator": [torch.Generator("cpu").manual_seed(seed) for seed in self.seeds],
         }
         if self.negative_prompt is not None:
             arguments["negative_prompt"] = self.negative_prompt

@@ -73,10 +73,17 @@ GENERATION_KEYS: dict[str, type | tuple[type, ...]] = {
     "branch_mode": str,
     # "base", one scale for the LoRAs in the reference branch, or a table adapter -> scale.
     "reference": (str, int, float, dict),
+    # Baselines on one model's CFG: guidance in a noise-level interval, condition-annealed sampling.
+    "cfg_interval": list,
+    "cads_noise": (int, float),
+    "cads_tau": list,
+    "cads_psi": (int, float),
 }
 
 #: Parameters of AutoLoRA guidance (Eq. 7) that the "lora" and "base" methods ignore.
 AUTOLORA_ONLY_KEYS = ("gamma", "gamma_end", "interval")
+#: Parameters of the CFG baselines (limited-interval CFG, CADS) that only "lora" and "base" take.
+CFG_BASELINE_KEYS = ("cfg_interval", "cads_noise", "cads_tau", "cads_psi")
 
 
 @dataclass(frozen=True)
@@ -414,16 +421,20 @@ def _check_value(key: str, value: Any, where: str) -> None:
     for name, choices in (("method", Method), ("branch_mode", BranchMode)):
         if key == name and value not in get_args(choices):
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(get_args(choices))}")
-    if key in ("gamma", "gamma_end", "cfg", "cfg_base", "cfg_lora", "lora_scale") and value < 0:
+    if key in ("gamma", "gamma_end", "cfg", "cfg_base", "cfg_lora", "lora_scale", "cads_noise") and value < 0:
         raise ConfigError(f"{where}: must be >= 0, got {value!r}")
     if key in ("num_inference_steps", "height", "width") and value < 1:
         raise ConfigError(f"{where}: must be a positive integer, got {value!r}")
-    if key == "interval" and not (
-        len(value) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        and 0 <= value[0] <= value[1] <= 1
-    ):
+    if key == "interval" and not (_number_pair(value) and 0 <= value[0] <= value[1] <= 1):
         raise ConfigError(f"{where}: expected [start, end] with 0 <= start <= end <= 1, got {value!r}")
+    if key in ("cfg_interval", "cads_tau") and not (_number_pair(value) and 0 <= value[0] <= value[1]):
+        raise ConfigError(f"{where}: expected [low, high] with 0 <= low <= high, got {value!r}")
+    if key in ("cads_tau", "cads_psi") and not 0 <= max(value if key == "cads_tau" else [value]) <= 1:
+        raise ConfigError(f"{where}: must lie in [0, 1], got {value!r}")
+
+
+def _number_pair(value: list) -> bool:
+    return len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -541,8 +552,9 @@ def _parse_metrics(raw: Any) -> MetricsConfig:
 def _resolve_params(params: dict[str, Any], where: str = "") -> dict[str, Any]:
     """Copy ``cfg`` into ``cfg_base``/``cfg_lora`` (it stays as a label); refuse to silently drop one of them."""
     params = dict(params)
-    if "interval" in params:
-        params["interval"] = [float(v) for v in params["interval"]]
+    for key in ("interval", "cfg_interval", "cads_tau"):
+        if key in params:
+            params[key] = [float(v) for v in params[key]]
     if "cfg" in params:
         clash = [key for key in ("cfg_base", "cfg_lora") if key in params]
         if clash:
@@ -550,9 +562,9 @@ def _resolve_params(params: dict[str, Any], where: str = "") -> dict[str, Any]:
                 f"variant {where!r}: 'cfg' sets both guidance scales and cannot be combined with {clash[0]!r}"
             )
         params["cfg_base"] = params["cfg_lora"] = params["cfg"]
-    if params.get("method", "autolora") != "autolora":
-        for key in AUTOLORA_ONLY_KEYS:
-            params.pop(key, None)
+    ignored = AUTOLORA_ONLY_KEYS if params.get("method", "autolora") != "autolora" else CFG_BASELINE_KEYS
+    for key in ignored:
+        params.pop(key, None)
     return params
 
 

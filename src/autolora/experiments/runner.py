@@ -231,8 +231,9 @@ def _batches(items: list[WorkItem], batch_size: int) -> Iterator[list[WorkItem]]
 def _generate_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     # ``cfg`` is only a label for cfg_base = cfg_lora, which the params already hold.
     kwargs = {key: value for key, value in params.items() if key != "cfg"}
-    if "interval" in kwargs:
-        kwargs["interval"] = tuple(kwargs["interval"])
+    for key in ("interval", "cfg_interval", "cads_tau"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
     return kwargs
 
 
