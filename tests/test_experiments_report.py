@@ -162,9 +162,6 @@ def test_pareto_plot_marks_the_front_and_labels_every_setting(tmp_path, monkeypa
         rows.append({"variant": variant, "cfg": cfg, "metric": "style_score", "mean": style})
         rows.append({"variant": variant, "cfg": cfg, "metric": "diversity", "mean": diversity})
     summary = pd.DataFrame(rows)
-    run = RunData(
-        "t", ["cfg"], ["variant", "cfg"], ["A", "B"], pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
-    )
     labels, lines = [], []
     annotate, plot = Axes.annotate, Axes.plot
     monkeypatch.setattr(
@@ -173,7 +170,7 @@ def test_pareto_plot_marks_the_front_and_labels_every_setting(tmp_path, monkeypa
     monkeypatch.setattr(
         Axes, "plot", lambda ax, x, y, *a, **k: lines.append(list(x)) or plot(ax, x, y, *a, **k)
     )
-    figures = report._pareto_plots(run, summary, tmp_path)
+    figures = report.pareto_plots(summary, ["cfg"], tmp_path)
     assert [title for title, _ in figures] == ["Pareto front: diversity vs style_score"]
     assert figures[0][1].is_file()
     assert sorted(labels) == ["A cfg=1.0", "A cfg=2.0", "B cfg=2.0"]

@@ -16,7 +16,7 @@ import html
 import json
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -179,7 +179,7 @@ def build_report(
     out.mkdir(exist_ok=True)
     summary = summarize(run)
     table = paper_table(run, summary)
-    figures = [*_plots(run, summary, out), *_pareto_plots(run, summary, out), *_grids(run, run_dir, out)]
+    figures = [*_plots(run, summary, out), *pareto_plots(summary, run.axes, out), *_grids(run, run_dir, out)]
     files = [path for _, path in figures]
     if "md" in formats:
         files.append(_write(out / "report.md", _markdown(run, table, figures)))
@@ -304,8 +304,17 @@ def _plots(run: RunData, summary: pd.DataFrame, out: Path) -> list[tuple[str, Pa
     return figures
 
 
-def _pareto_plots(run: RunData, summary: pd.DataFrame, out: Path) -> list[tuple[str, Path]]:
-    """Diversity against each other metric, one point per setting; the Pareto front is drawn and circled."""
+def pareto_plots(
+    summary: pd.DataFrame,
+    axes: Sequence[str],
+    out: Path,
+    *,
+    floor: tuple[str, float | None] | None = None,
+    label: Callable[[tuple], str] | None = None,
+) -> list[tuple[str, Path]]:
+    """Diversity against each other metric of ``summary`` (rows: variant, ``axes``, metric, mean), one point
+    per setting, each labelled (by ``label(cell)``, default ``variant axis=value ...``); the Pareto front is
+    drawn and circled, ``floor`` (metric, value) a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,7 +324,7 @@ def _pareto_plots(run: RunData, summary: pd.DataFrame, out: Path) -> list[tuple[
     diversity = next((m for m in _DIVERSITY_METRICS if m in metrics), None)
     if diversity is None:
         return []
-    cells = ["variant", *run.axes]
+    cells = ["variant", *axes]
     means = summary.pivot_table(index=cells, columns="metric", values="mean", dropna=False, sort=False)
     figures = []
     for other in [m for m in metrics if m not in _DIVERSITY_METRICS]:
@@ -324,19 +333,24 @@ def _pareto_plots(run: RunData, summary: pd.DataFrame, out: Path) -> list[tuple[
             continue
         front = pareto_mask(points.to_numpy().tolist())
         fig, ax = plt.subplots(figsize=(8, 6))
-        for variant in dict.fromkeys(points.index.get_level_values(0)):
-            mine = points.xs(variant, level=0, drop_level=False) if run.axes else points.loc[[variant]]
+        variants = points.index.get_level_values(0) if axes else points.index
+        for variant in dict.fromkeys(variants):
+            mine = points[variants == variant]
             ax.scatter(mine[other], mine[diversity], label=variant, s=25)
         on_front = points[front].sort_values(other)
         ax.plot(on_front[other], on_front[diversity], color="black", linewidth=1, label="Pareto front")
         ax.scatter(on_front[other], on_front[diversity], s=120, facecolors="none", edgecolors="black")
-        for cell, row in points.iterrows():
-            ax.annotate(_setting_label(run.axes, cell), (row[other], row[diversity]), fontsize=6, alpha=0.8)
+        if floor is not None and floor[0] == other and floor[1] is not None:
+            ax.axvline(floor[1], linestyle="--", color="gray", label=f"floor {floor[1]:.3g}")
         ax.set(xlabel=f"{other} (higher: more adherent)", ylabel=f"{diversity} (higher: more varied)")
-        ax.set_title(f"{diversity} vs {other}: each point a setting (mean), the front circled")
+        ax.set_title(f"{diversity} vs {other}: one point per setting (mean), the front circled", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
         fig.tight_layout()
+        # Labels come after the layout, which would otherwise shrink the axes to fit the longest one.
+        for cell, row in points.iterrows():
+            text = label(cell) if label is not None else _setting_label(axes, cell)
+            ax.annotate(text, (row[other], row[diversity]), fontsize=6, alpha=0.8, annotation_clip=False)
         path = out / f"pareto-{_file_part(diversity)}-vs-{_file_part(other)}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -344,7 +358,7 @@ def _pareto_plots(run: RunData, summary: pd.DataFrame, out: Path) -> list[tuple[
     return figures
 
 
-def _setting_label(axes: list[str], cell: object) -> str:
+def _setting_label(axes: Sequence[str], cell: object) -> str:
     """``variant a=1 b=2`` for a summary cell, leaving out axes the variant's method ignores."""
     parts = cell if isinstance(cell, tuple) else (cell,)
     settings = [f"{a}={v}" for a, v in zip(axes, parts[1:], strict=True) if _none_if_nan(v) is not None]
