@@ -82,6 +82,8 @@ def load_run(run_dir: str | Path) -> RunData:
         raise InputFileError(f"{str(run_dir)!r} holds no image yet; run autolora sweep first")
     params = pd.DataFrame([json.loads(p) for p in images["params"]])
     images = pd.concat([images.drop(columns=["variant", "prompt", "seed"]), params], axis=1)
+    # List-valued settings (an interval) become tuples, so they can key groups and label cells.
+    images, per_group = (frame.map(_hashable) if not frame.empty else frame for frame in (images, per_group))
     variants = [v["name"] for v in config["variants"]] or ["default"]
     return RunData(
         name=config["name"],
@@ -242,6 +244,10 @@ def _cell_values(frame: pd.DataFrame, cells: list[str], metric: str) -> dict[tup
         )
         for key, group in frame.groupby(cells, dropna=False, sort=False)
     }
+
+
+def _hashable(value: object) -> object:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
 
 
 def _none_if_nan(value: object) -> object:
@@ -482,4 +488,4 @@ def _export(run: RunData, summary: pd.DataFrame, out: Path, fmt: ExportFormat) -
 
 def _scalar(value: object) -> object:
     # Lists and dicts (loras, interval) become JSON text: both formats need flat columns.
-    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, tuple, dict)) else value
