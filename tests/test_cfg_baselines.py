@@ -140,12 +140,6 @@ def test_cads_changes_images_with_paired_seeds(pipe):
     assert np.abs(second[0] - cads[1]).max() < 1e-5
 
 
-@pytest.mark.parametrize("options", [{"cads_noise": 0.25}, {"cfg_interval": (0.3, 5.0)}])
-def test_baselines_refuse_autolora(pipe, options):
-    with pytest.raises(ConfigError, match="not 'autolora'"):
-        _image(pipe, method="autolora", **options)
-
-
 def test_bad_cfg_interval_is_refused(pipe):
     with pytest.raises(ConfigError, match="cfg_interval"):
         _image(pipe, cfg_interval=(5.0, 0.3))

@@ -10,9 +10,10 @@ from tiny_pipelines import random_lora_file, tiny_pipeline
 import autolora.pipelines
 from autolora import generate, load_lora, load_pipeline
 from autolora.cli import main
-from autolora.cli.generate import LoRASpec, parse_interval, parse_lora_spec
+from autolora.cli.generate import LoRASpec, parse_lora_spec
 from autolora.errors import ConfigError
 from autolora.images import read_png_params
+from autolora.params import parse_interval
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,10 @@ def base_args(files, tmp_path):
         "--steps", "2",
         "--out", str(tmp_path / "out"),
     ]  # fmt: skip
+
+
+# A --lora records the LoRASpec it was loaded with: no adapter or weight name is given on the command line.
+UNNAMED = {"adapter_name": None, "weight_name": None}
 
 
 def as_array(image: Image.Image) -> np.ndarray:
@@ -85,7 +90,7 @@ def test_png_metadata_round_trips_every_parameter(base_args, files, tmp_path, ca
     )
     assert params["interval"] == [0.25, 0.75] and params["branch_mode"] == "sequential"
     assert params["reference"] == 0.2 and params["model"] == str(files / "model")
-    assert params["loras"] == [{"source": str(files / "style.safetensors"), "scale": 0.5}]
+    assert params["loras"] == [{"source": str(files / "style.safetensors"), "scale": 0.5, **UNNAMED}]
     assert params["sampler"] == "DDIMScheduler" and params["dtype"] == "float32" and params["device"] == "cpu"
     with Image.open(path) as image:
         assert (params["width"], params["height"]) == image.size == (32, 32)
@@ -188,8 +193,8 @@ def test_stacked_loras_with_their_own_scales_equal_python_api(base_args, files, 
     assert run_cli([*base_args, *args], capsys)[0] == 0
     params = read_png_params(tmp_path / "out" / "00000-autolora-seed0.png")
     assert params["loras"] == [
-        {"source": str(files / "style.safetensors"), "scale": 0.8},
-        {"source": str(files / "face.safetensors"), "scale": 0.4},
+        {"source": str(files / "style.safetensors"), "scale": 0.8, **UNNAMED},
+        {"source": str(files / "face.safetensors"), "scale": 0.4, **UNNAMED},
     ]
     pipe = load_pipeline(str(files / "model"))
     load_lora(pipe, str(files / "style.safetensors"), scale=0.8)
@@ -229,19 +234,20 @@ def assert_one_line_error(code: int, err: str, message: str) -> None:
         (["--lora", "./missing-folder"], "no such file"),
         (["--lora-scale", "-1"], "--lora-scale -1 must be >= 0"),
         (["--gamma", "-2"], "gamma must be >= 0"),
-        (["--gamma-end", "-0.5"], "gamma_end must be >= 0"),
-        (["--cfg-base", "0.5"], "--cfg-base 0.5 must be >= 1"),
+        (["--gamma-end", "-0.5"], "--gamma-end must be >= 0"),
+        (["--cfg-base", "0.5"], "--cfg-base must be >= 1 (1 = no classifier-free guidance), got 0.5"),
         (["--interval", "0.2"], "malformed"),
         (["--interval", "0.5,1.5"], "0 <= a <= b <= 1"),
         (["--interval", "0.6,0.3"], "0 <= a <= b <= 1"),
         (["--interval", "a,b"], "not a number"),
-        (["--reference", "-1"], "--reference -1"),
+        (["--reference", "-1"], "--reference must be >= 0"),
         (["--reference", "lora"], "base or a LoRA scale"),
-        (["--num-images", "0"], "--num-images 0 must be at least 1"),
-        (["--steps", "0"], "--steps 0 must be at least 1"),
-        (["--seed", "-1"], "--seed -1"),
+        (["--num-images", "0"], "--num-images must be >= 1, got 0"),
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--steps", "2.5"], "--steps: '2.5' is not an integer"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
         (["--height", "64"], "together"),
-        (["--height", "60", "--width", "64"], "multiple of 8"),
+        (["--height", "60", "--width", "64"], "--height must be a multiple of 8"),
         (["--compare", "--method", "lora"], "--compare"),
         (["--device", "not-a-device"], "--device"),
         (["--prompt", "  "], "--prompt is empty"),

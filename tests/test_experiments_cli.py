@@ -20,7 +20,7 @@ def test_sweep_errors_are_one_line_with_exit_status_2(capsys, tmp_path):
         main(["sweep", "paper-fig4", "--set", "loras.0.source=x", "--set", "grid.gamma=[-1]", "--dry-run"])
         == 2
     )
-    assert "grid.gamma: must be >= 0" in capsys.readouterr().err
+    assert "grid.gamma must be >= 0" in capsys.readouterr().err
     assert main(["sweep", "paper-fig4", "--set", "loras.0.source=x"]) == 2
     assert "--out RUN is required" in capsys.readouterr().err
     assert main(["sweep"]) == 2

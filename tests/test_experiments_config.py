@@ -50,10 +50,11 @@ def test_paper_table1_is_four_methods_by_twelve_scales_by_512_images():
     assert len(items) == 4 * 12 * 512
     assert [v.name for v in config.variants] == ["LoRA", "AutoLoRA", "LoRA+CFG", "AutoLoRA+CFG"]
     assert config.grid["lora_scale"] == pytest.approx([0.2 + 0.1 * i for i in range(12)])
-    assert {(i.params["method"], i.params["cfg_base"], i.params["cfg_lora"]) for i in items} == {
-        ("lora", 1.0, 1.0),
+    # The LoRA method ignores the base branch's CFG scale, so its images do not record one.
+    assert {(i.params["method"], i.params.get("cfg_base"), i.params["cfg_lora"]) for i in items} == {
+        ("lora", None, 1.0),
         ("autolora", 1.0, 1.0),
-        ("lora", 5.0, 5.0),
+        ("lora", None, 5.0),
         ("autolora", 5.0, 5.0),
     }
     assert config.metrics.names == ["diversity", "judge:cps", "div_cps"]
@@ -104,15 +105,18 @@ def test_cfg_sets_both_guidance_scales():
     [
         (_with(gird={"gamma": [1.0]}), "unknown key(s) gird"),
         (_with(grid={"gamma": []}), "grid.gamma: expected a non-empty list"),
-        (_with(grid={"gamma": [-1.0]}), "grid.gamma: must be >= 0"),
+        (_with(grid={"gamma": [-1.0]}), "grid.gamma must be >= 0"),
         (_with(generate={"method": "cfg++"}), "generate.method: 'cfg++' is not one of autolora, lora, base"),
-        (_with(generate={"num_inference_steps": 2.5}), "generate.num_inference_steps: expected a int"),
+        (_with(generate={"num_inference_steps": 2.5}), "generate.num_inference_steps must be an integer"),
         (
             _with(generate={"branch_mode": "fused"}),
             "generate.branch_mode: 'fused' is not one of batched, sequential",
         ),
-        (_with(grid={"reference": [[0.5]]}), "grid.reference: expected str or int or float or dict"),
-        (_with(generate={"interval": [0.8, 0.2]}), "generate.interval: expected [start, end]"),
+        (_with(grid={"reference": [[0.5]]}), "grid.reference must be 'base', a LoRA scale >= 0 or a table"),
+        (_with(generate={"interval": [0.8, 0.2]}), "generate.interval must satisfy 0 <= a <= b <= 1"),
+        (_with(generate={"cfg": 0.5}), "generate.cfg must be >= 1"),
+        (_with(grid={"cfg_lora": [5.0, 0.5]}), "grid.cfg_lora must be >= 1"),
+        (_with(generate={"height": 64}), "height and width must be given together"),
         (_with(generate={"cfg": 5.0}, grid={"cfg_base": [1.0]}), "'cfg' sets both guidance scales"),
         (_with(seeds={"start": 0, "count": 0}), "seeds.count: expected a positive integer"),
         (_with(seeds=[1, 1]), "seeds: repeated seeds"),
@@ -221,7 +225,7 @@ def test_each_variant_sweeps_its_own_grid():
 
 def test_variant_grid_values_are_checked():
     raw = _with(variants=[{"name": "x", "method": "lora", "grid": {"cads_noise": [-1.0]}}])
-    with pytest.raises(ConfigError, match=r"variants\[0\].grid.cads_noise: must be >= 0"):
+    with pytest.raises(ConfigError, match=r"variants\[0\].grid.cads_noise must be >= 0"):
         parse_config(raw)
 
 
@@ -229,9 +233,9 @@ def test_baseline_keys_are_dropped_for_autolora_and_checked():
     raw = _with(grid={"cads_noise": [0.1, 0.5]}, variants=[{"name": "A", "method": "autolora"}])
     assert len(parse_config(raw).work_items()) == 2  # one image per seed, not per noise scale
     for key, value, message in [
-        ("cfg_interval", [5.0, 1.0], "low <= high"),
-        ("cads_tau", [0.6, 1.5], r"\[0, 1\]"),
-        ("cads_psi", 2.0, r"\[0, 1\]"),
+        ("cfg_interval", [5.0, 1.0], "cfg_interval must satisfy 0 <= a <= b"),
+        ("cads_tau", [0.6, 1.5], "cads_tau must satisfy 0 <= a <= b <= 1"),
+        ("cads_psi", 2.0, r"cads_psi must lie in \[0, 1\]"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            parse_config(_with(generate={key: value}))
+            parse_config(_with(generate={"method": "lora", key: value}))

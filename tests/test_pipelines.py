@@ -245,6 +245,8 @@ def test_text_encoder_lora_base_branch_uses_base_encoder_embeddings(kind, tmp_pa
         ({"reference": {"missing": 1.0}}, "missing"),
         ({"reference": -0.5}, "reference"),
         ({"num_images": 0}, "num_images"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be >= 1"),
+        ({"height": 40, "width": None}, "height and width must be given together"),
         ({"guidance_scale": 3.0}, "cfg_base"),
         ({"guidance_rescale": 0.7}, "guidance_rescale"),
     ],

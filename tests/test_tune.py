@@ -127,3 +127,20 @@ def test_tune_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "recommended: trial" in printed and "tuned.toml" in printed
     assert main(["tune", "--model", "world", "--lora", "world:chalk", "--out", str(tmp_path)]) == 2
+
+
+def test_generate_preset_reads_the_tuned_setting_and_flags_override_it(tuned):
+    from autolora.cli import build_parser
+    from autolora.cli.generate import generation_params
+    from autolora.params import GenerationParams
+
+    out, result = tuned
+    command = ["generate", "--model", "world", "--lora", "world:chalk", "--prompt", "x", "--out", str(out)]
+    args = build_parser().parse_args([*command, "--preset", str(out / "tuned.toml")])
+    expected = GenerationParams(**result.recommended["params"], num_inference_steps=2)
+    assert generation_params(args) == expected
+    args = build_parser().parse_args([*command, "--preset", str(out / "tuned.toml"), "--steps", "5"])
+    assert generation_params(args) == dataclasses.replace(expected, num_inference_steps=5)
+    args = build_parser().parse_args([*command, "--preset", str(out / "front.csv")])
+    with pytest.raises(ConfigError, match="cannot parse"):
+        generation_params(args)

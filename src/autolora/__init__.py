@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 # CLI's ``--help`` do not pay for importing torch and diffusers.
 _EXPORTS = {
     "AutoLoRAGuidance": "autolora.modular_guider",
+    "GenerationParams": "autolora.params",
     "default_cfg_scale": "autolora.pipelines",
     "generate": "autolora.pipelines",
     "load_pipeline": "autolora.pipelines",
@@ -20,6 +21,7 @@ _EXPORTS = {
 
 __all__ = [
     "AutoLoRAGuidance",
+    "GenerationParams",
     "default_cfg_scale",
     "generate",
     "load_lora",
@@ -30,6 +32,7 @@ __all__ = [
 if TYPE_CHECKING:
     from autolora.lora import load_lora, to_kohya_state_dict
     from autolora.modular_guider import AutoLoRAGuidance
+    from autolora.params import GenerationParams
     from autolora.pipelines import default_cfg_scale, generate, load_pipeline
 
 

@@ -168,10 +168,3 @@ class CADSSchedule:
     def gamma_at(self, t: float) -> float:
         """gamma(t) of Eq. 5 at normalised time ``t`` (1 = pure noise)."""
         return cads_gamma(t, *self.tau)
-
-
-def check_sigma_interval(interval: tuple[float, float]) -> tuple[float, float]:
-    """``interval`` as two floats ``0 <= sigma_lo <= sigma_hi``, or a ConfigError naming the problem."""
-    if len(interval) != 2 or not (0.0 <= interval[0] <= interval[1]):
-        raise ConfigError(f"cfg_interval must be noise levels 0 <= sigma_lo <= sigma_hi, got {interval}")
-    return float(interval[0]), float(interval[1])

@@ -18,7 +18,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
 
 from autolora.branches import BranchSwitcher
-from autolora.guidance import GuidanceSchedule, autolora_cfg, cfg
+from autolora.guidance import autolora_cfg, cfg
+from autolora.params import GenerationParams
 
 if TYPE_CHECKING:
     from diffusers.modular_pipelines.modular_pipeline import BlockState
@@ -27,14 +28,16 @@ if TYPE_CHECKING:
 class AutoLoRAGuidance(BaseGuidance):
     """AutoLoRA guidance (Eq. 7, Algorithm 2): ``cfg_base(w1) + gamma (cfg_lora(w2) - cfg_base(w1))``.
 
-    Args:
+    Args (checked by ``GenerationParams``, the fields of the same names):
         gamma: guidance strength, ``>= 0``; 0 = base model with CFG, 1 = LoRA model with CFG (paper: 1.5).
-        guidance_scale_base: w1, the base branch's CFG scale, ``>= 1`` (1 = no CFG, one prediction fewer).
-        guidance_scale_lora: w2, the LoRA branch's CFG scale, ``>= 1``.
+        cfg_base: w1, the base branch's CFG scale, ``>= 1`` (1 = no CFG, one prediction fewer).
+        cfg_lora: w2, the LoRA branch's CFG scale, ``>= 1``.
         gamma_end: optional linear ramp of gamma to this value at the last step.
-        start, stop: fractions of the denoising steps where AutoLoRA applies; elsewhere the LoRA branch's CFG
-            alone runs (two predictions instead of four).
+        interval: (a, b), the fractions of the denoising steps where AutoLoRA applies; elsewhere the LoRA
+            branch's CFG alone runs (two predictions instead of four).
         enabled: when False, the LoRA model's conditional prediction alone (as diffusers' CFG guider does).
+        guidance_scale_base, guidance_scale_lora, start, stop: the former names of cfg_base, cfg_lora and
+            interval's ends, still accepted.
     """
 
     _input_predictions: ClassVar[list[str]] = [
@@ -48,18 +51,29 @@ class AutoLoRAGuidance(BaseGuidance):
     def __init__(
         self,
         gamma: float = 1.5,
-        guidance_scale_base: float = 7.5,
-        guidance_scale_lora: float = 7.5,
+        cfg_base: float = 7.5,
+        cfg_lora: float = 7.5,
         gamma_end: float | None = None,
-        start: float = 0.0,
-        stop: float = 1.0,
+        interval: tuple[float, float] = (0.0, 1.0),
         enabled: bool = True,
+        *,
+        guidance_scale_base: float | None = None,
+        guidance_scale_lora: float | None = None,
+        start: float | None = None,
+        stop: float | None = None,
     ) -> None:
-        super().__init__(start, stop, enabled)
-        self.schedule = GuidanceSchedule(gamma=gamma, gamma_end=gamma_end, interval=(start, stop))
-        self.guidance_scale_base = guidance_scale_base
-        self.guidance_scale_lora = guidance_scale_lora
+        params = GenerationParams(
+            gamma=gamma,
+            gamma_end=gamma_end,
+            cfg_base=cfg_base if guidance_scale_base is None else guidance_scale_base,
+            cfg_lora=cfg_lora if guidance_scale_lora is None else guidance_scale_lora,
+            interval=(interval[0] if start is None else start, interval[1] if stop is None else stop),
+        )
+        super().__init__(*params.interval, enabled)
+        self.schedule = params.schedule
+        self.guidance_scale_base, self.guidance_scale_lora = params.cfg_base, params.cfg_lora
         self._switcher: BranchSwitcher | None = None
+        self._denoiser: torch.nn.Module | None = None
 
     def _predictions(self) -> list[tuple[int, str]]:
         """(tuple index into the pipeline's (cond, uncond) inputs, prediction name), in evaluation order."""
@@ -93,9 +107,14 @@ class AutoLoRAGuidance(BaseGuidance):
 
     def prepare_models(self, denoiser: torch.nn.Module) -> None:
         self._count_prepared += 1
-        if self._switcher is None or self._count_prepared == 1:
-            # Collected at each step's first prediction, when the denoiser is in the user's adapter state.
-            self._switcher = BranchSwitcher([denoiser])
+        if (
+            self._switcher is None
+            or denoiser is not self._denoiser
+            or (self._step, self._count_prepared) == (0, 1)
+        ):
+            # Collected once per run (a full module walk), at its first prediction, when the denoiser is in
+            # the user's adapter state; every prediction restores that state, so it holds for later steps.
+            self._switcher, self._denoiser = BranchSwitcher([denoiser]), denoiser
         if self._current_prediction().endswith("_base"):
             self._switcher.apply({})
 

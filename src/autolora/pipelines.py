@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import PIL.Image
 import torch
@@ -28,7 +28,8 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from autolora.branches import BASE_ADAPTER, Branch, BranchSwitcher, pipeline_modules
 from autolora.errors import ConfigError, InputFileError
-from autolora.guidance import CADSSchedule, GuidanceSchedule, autolora_cfg, check_sigma_interval
+from autolora.guidance import GuidanceSchedule, autolora_cfg
+from autolora.params import BranchMode, GenerationParams
 
 _HOOK_NAME = "autolora_guidance"
 
@@ -107,89 +108,75 @@ def load_pipeline(
 def generate(
     pipe: Any,
     prompt: str,
+    params: GenerationParams | None = None,
     *,
-    method: Literal["autolora", "lora", "base"] = "autolora",
-    gamma: float = 1.5,
-    cfg_base: float | None = None,
-    cfg_lora: float | None = None,
-    negative_prompt: str | None = None,
-    num_inference_steps: int | None = None,
-    seed: int = 0,
-    num_images: int = 1,
-    height: int | None = None,
-    width: int | None = None,
-    interval: tuple[float, float] = (0.0, 1.0),
-    gamma_end: float | None = None,
-    lora_scale: float | None = None,
-    branch_mode: Literal["batched", "sequential"] = "batched",
-    reference: str | float | dict[str, float] = "base",
-    cfg_interval: tuple[float, float] | None = None,
-    cads_noise: float | None = None,
-    cads_tau: tuple[float, float] = (0.6, 0.9),
-    cads_psi: float = 1.0,
     progress: bool = True,
-    **pipeline_kwargs: Any,
+    **options: Any,
 ) -> list[PIL.Image.Image]:
-    """Generate ``num_images`` images of ``prompt`` with AutoLoRA guidance, the LoRA model or the base model.
+    """Generate ``params.num_images`` images of ``prompt`` with AutoLoRA guidance, the LoRA or the base model.
 
-    Image ``i`` starts from the noise of ``torch.Generator("cpu").manual_seed(seed + i)`` whatever the method,
-    so methods compare on paired noise. See docs/guidance.md for every parameter.
+    ``options`` are ``GenerationParams`` fields (``method``, ``gamma``, ``cfg_base``, ``seed``, ...; they
+    override ``params``) and arguments of the pipeline call. Image ``i`` starts from the noise of
+    ``torch.Generator("cpu").manual_seed(seed + i)`` whatever the method, so methods compare on paired noise.
+    See docs/guidance.md for every parameter.
     """
-    # 1. Validate and resolve defaults.
+    # 1. Check every parameter before the first denoiser call.
     family = pipeline_family(pipe)
-    if method not in ("autolora", "lora", "base"):
-        raise ConfigError(f"method must be 'autolora', 'lora' or 'base', got {method!r}")
-    if branch_mode not in ("batched", "sequential"):
-        raise ConfigError(f"branch_mode must be 'batched' or 'sequential', got {branch_mode!r}")
-    if num_images < 1:
-        raise ConfigError(f"num_images must be >= 1, got {num_images}")
+    params, pipeline_kwargs = GenerationParams.from_options(options, base=params)
+    _check_pipeline_kwargs(family, params, pipeline_kwargs)
+    call = _PipelineCall(pipe, family, prompt, params, pipeline_kwargs, progress=progress)
+    w_base, w_lora = _cfg_scale(params.cfg_base, pipe), _cfg_scale(params.cfg_lora, pipe)
+    switcher = BranchSwitcher(pipeline_modules(pipe))
+    lora_branch = _lora_branch(pipe, params.lora_scale) if params.method != "base" else {}
+
+    # 2. Run the base or the LoRA model alone, or AutoLoRA; always give the user's adapter state back.
+    try:
+        if params.method == "base":
+            switcher.apply({})
+            return _run_one_model(call, params, w_base)
+        if params.method == "lora":
+            switcher.apply(lora_branch)
+            return _run_one_model(call, params, w_lora)
+        reference_branch = _reference_branch(pipe, params.reference, lora_branch)
+        branches = (_BranchInputs(reference_branch, w_base), _BranchInputs(lora_branch, w_lora))
+        return _run_autolora(call, switcher, params.schedule, branches, params.branch_mode)
+    finally:
+        switcher.restore()
+
+
+def _check_pipeline_kwargs(family: PipelineFamily, params: GenerationParams, kwargs: dict[str, Any]) -> None:
+    """Refuse pipeline arguments that ``generate`` sets itself or that would silently undo the guidance."""
     reserved = {family.cfg_argument, "true_cfg_scale", "generator", "num_images_per_prompt", "latents"}
-    clashes = sorted(reserved & set(pipeline_kwargs))
+    clashes = sorted(reserved & set(kwargs))
     if clashes:
         raise ConfigError(
             f"{', '.join(clashes)} are set by generate (use cfg_base / cfg_lora, seed, num_images)"
         )
-    if method == "autolora" and pipeline_kwargs.get("guidance_rescale"):
+    if params.method == "autolora" and kwargs.get("guidance_rescale"):
         # The pipeline would rescale the already guided prediction against itself, a silent no-op.
         raise ConfigError("guidance_rescale is not supported with method='autolora'")
-    schedule = GuidanceSchedule(gamma=gamma, gamma_end=gamma_end, interval=tuple(interval))
-    baselines = _cfg_baselines(family, method, cfg_interval, cads_noise, cads_tau, cads_psi)
-    w_base = _cfg_scale("cfg_base", cfg_base, pipe)
-    w_lora = _cfg_scale("cfg_lora", cfg_lora, pipe)
-    if lora_scale is not None and not lora_scale >= 0:
-        raise ConfigError(f"lora_scale must be >= 0, got {lora_scale}")
-    switcher = BranchSwitcher(pipeline_modules(pipe))
-    lora_branch = _lora_branch(pipe, lora_scale) if method != "base" else {}
-    reference_branch = _reference_branch(pipe, reference, lora_branch) if method != "base" else {}
-    sizes = {"num_inference_steps": num_inference_steps, "height": height, "width": width}
-    call = _PipelineCall(
-        pipe,
-        family,
-        {"prompt": prompt, **{k: v for k, v in sizes.items() if v is not None}, **pipeline_kwargs},
-        negative_prompt=negative_prompt,
-        num_images=num_images,
-        seed=seed,
-        progress=progress,
+
+
+def _run_one_model(call: _PipelineCall, params: GenerationParams, w: float) -> list[PIL.Image.Image]:
+    """The pipeline's own CFG at scale ``w``, limited to a noise-level interval and/or with CADS if asked."""
+    if params.cfg_interval is None and params.cads is None:
+        return call.run(w)
+    if not call.family.batched_cfg:
+        raise ConfigError(
+            "cfg_interval and cads_noise need a pipeline that batches [uncond, cond] (SD, SDXL, SD3)"
+        )
+    from autolora.cfg_hooks import CFGHook
+
+    hook = CFGHook(
+        num_images=call.num_images,
+        w=w,
+        interval=params.cfg_interval,
+        cads=params.cads,
+        seeds=call.seeds,
+        scheduler=call.pipe.scheduler,
     )
-
-    # 2. Run the base or the LoRA model alone, or AutoLoRA; always give the user's adapter state back.
-    try:
-        if method != "autolora":
-            switcher.apply({} if method == "base" else lora_branch)
-            w = w_base if method == "base" else w_lora
-            if baselines is None:
-                return call.run(w)
-            from autolora.cfg_hooks import CFGHook
-
-            hook = CFGHook(
-                num_images=num_images, w=w, seeds=call.seeds, scheduler=pipe.scheduler, **baselines
-            )
-            with hooked(_denoiser(pipe), hook):
-                return call.run(w)
-        branches = (_BranchInputs(reference_branch, w_base), _BranchInputs(lora_branch, w_lora))
-        return _run_autolora(call, switcher, schedule, branches, branch_mode)
-    finally:
-        switcher.restore()
+    with hooked(_denoiser(call.pipe), hook):
+        return call.run(w)
 
 
 def _run_autolora(
@@ -197,7 +184,7 @@ def _run_autolora(
     switcher: BranchSwitcher,
     schedule: GuidanceSchedule,
     branches: tuple[_BranchInputs, _BranchInputs],
-    branch_mode: Literal["batched", "sequential"],
+    branch_mode: BranchMode,
 ) -> list[PIL.Image.Image]:
     """Capture each branch's denoiser inputs, then run the pipeline as the LoRA model with the guidance hook."""
     for branch in branches:
@@ -224,36 +211,8 @@ def _run_autolora(
         return call.run(lora.w)
 
 
-def _cfg_baselines(
-    family: PipelineFamily,
-    method: str,
-    cfg_interval: tuple[float, float] | None,
-    cads_noise: float | None,
-    cads_tau: tuple[float, float],
-    cads_psi: float,
-) -> dict[str, Any] | None:
-    """The CFG baselines' settings (limited-interval CFG, CADS) for ``CFGHook``, or None when neither is on."""
-    cads = CADSSchedule(cads_noise, tuple(cads_tau), cads_psi) if cads_noise is not None else None
-    interval = check_sigma_interval(tuple(cfg_interval)) if cfg_interval is not None else None
-    if cads is None and interval is None:
-        return None
-    if method == "autolora":
-        # They change one model's CFG; AutoLoRA has its own interval and gamma ramp.
-        raise ConfigError("cfg_interval and cads_noise apply to method 'lora' or 'base', not 'autolora'")
-    if not family.batched_cfg:
-        raise ConfigError(
-            "cfg_interval and cads_noise need a pipeline that batches [uncond, cond] (SD, SDXL, SD3)"
-        )
-    return {"interval": interval, "cads": cads}
-
-
-def _cfg_scale(name: str, value: float | None, pipe: Any) -> float:
-    if value is None:
-        return default_cfg_scale(pipe)
-    # Pipelines treat w <= 1 as "no CFG"; below 1 would silently mean 1, so it is refused.
-    if not value >= 1:
-        raise ConfigError(f"{name} must be >= 1 (1 = no classifier-free guidance), got {value}")
-    return float(value)
+def _cfg_scale(value: float | None, pipe: Any) -> float:
+    return default_cfg_scale(pipe) if value is None else value
 
 
 def _lora_branch(pipe: Any, lora_scale: float | None) -> Branch:
@@ -264,24 +223,16 @@ def _lora_branch(pipe: Any, lora_scale: float | None) -> Branch:
 
 
 def _reference_branch(pipe: Any, reference: str | float | dict[str, float], lora_branch: Branch) -> Branch:
-    if isinstance(reference, str):
-        if reference != "base":
-            raise ConfigError(
-                f"reference must be 'base', a scale or a dict adapter->scale, got {reference!r}"
-            )
+    """The reference branch's adapters (scales checked by ``GenerationParams``): none, or loaded ones."""
+    if reference == "base":
         return {}
-    if isinstance(reference, dict):
-        loaded = {name for names in pipe.get_list_adapters().values() for name in names}
-        unknown = sorted(set(reference) - loaded)
-        if unknown:
-            raise ConfigError(f"reference adapters not loaded: {unknown}; loaded: {sorted(loaded)}")
-        branch = dict(reference)
-    else:
-        branch = dict.fromkeys(lora_branch, reference)
-    negative = {name: scale for name, scale in branch.items() if not float(scale) >= 0}
-    if negative:
-        raise ConfigError(f"reference scales must be >= 0, got {negative}")
-    return {name: float(scale) for name, scale in branch.items()}
+    if not isinstance(reference, dict):
+        return dict.fromkeys(lora_branch, reference)
+    loaded = {name for names in pipe.get_list_adapters().values() for name in names}
+    unknown = sorted(set(reference) - loaded)
+    if unknown:
+        raise ConfigError(f"reference adapters not loaded: {unknown}; loaded: {sorted(loaded)}")
+    return dict(reference)
 
 
 def _mixable(reference_branch: Branch, lora_branch: Branch) -> bool:
@@ -306,18 +257,27 @@ class _PipelineCall:
         self,
         pipe: Any,
         family: PipelineFamily,
-        kwargs: dict[str, Any],
+        prompt: str,
+        params: GenerationParams,
+        pipeline_kwargs: dict[str, Any],
         *,
-        negative_prompt: str | None,
-        num_images: int,
-        seed: int,
         progress: bool,
     ) -> None:
         self.pipe, self.family = pipe, family
-        self.kwargs = {**kwargs, "num_images_per_prompt": num_images}
-        self.negative_prompt = negative_prompt
-        self.num_images = num_images
-        self.seed = seed
+        sizes = {
+            "num_inference_steps": params.num_inference_steps,
+            "height": params.height,
+            "width": params.width,
+        }
+        self.kwargs = {
+            "prompt": prompt,
+            **{name: value for name, value in sizes.items() if value is not None},
+            **pipeline_kwargs,
+            "num_images_per_prompt": params.num_images,
+        }
+        self.negative_prompt = params.negative_prompt
+        self.num_images = params.num_images
+        self.seed = params.seed
         self.progress = progress
 
     @property
@@ -438,7 +398,7 @@ class AutoLoRAHook(ModelHook):
         family: PipelineFamily,
         num_images: int,
         branches: tuple[_BranchInputs, _BranchInputs],
-        branch_mode: Literal["batched", "sequential"],
+        branch_mode: BranchMode,
         scheduler: Any,
     ) -> None:
         super().__init__()

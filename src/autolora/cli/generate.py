@@ -8,54 +8,36 @@ rows are base CFG, LoRA CFG and AutoLoRA from the same initial noise and whose c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from autolora import __version__
 from autolora.errors import ConfigError
+from autolora.params import GenerationParams, LoRASpec, cli_fields, cli_flag, parse_number
 
-METHODS = ("autolora", "lora", "base")
 DTYPES = ("float32", "float16", "bfloat16")
-BRANCH_MODES = ("batched", "sequential")
 # Rows of the --compare grid, top to bottom: the two baselines, then AutoLoRA.
 COMPARE_METHODS = ("base", "lora", "autolora")
 # Output names start with a running number so that repeated runs into one folder never overwrite.
 _INDEX_DIGITS = 5
 _INDEXED_NAME = re.compile(rf"^(\d{{{_INDEX_DIGITS}}})-.+\.png$")
-
-
-@dataclass(frozen=True)
-class LoRASpec:
-    """One ``--lora`` argument: a file (or Hub repository) and the scale its weights are applied with."""
-
-    source: str
-    scale: float
+# Help sections of the flags derived from GenerationParams' fields.
+_GROUPS = {"prompt": "prompt and sampling", "guidance": "guidance"}
 
 
 @dataclass(frozen=True)
 class GenerateOptions:
-    """The checked command-line values, in the form the Python API takes them."""
+    """The checked command-line values: what to load, the generation, and where to write it."""
 
     model: str
     loras: tuple[LoRASpec, ...]
     prompt: str
-    negative_prompt: str | None
+    params: GenerationParams
     methods: tuple[str, ...]
-    gamma: float
-    gamma_end: float | None
-    cfg_base: float | None
-    cfg_lora: float | None
-    steps: int | None
-    seed: int
-    num_images: int
-    height: int | None
-    width: int | None
-    interval: tuple[float, float]
-    branch_mode: str
-    reference: str | float
     device: str | None
     dtype: str | None
     allow_pickle: bool
@@ -103,69 +85,25 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     model.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default: float32)")
 
-    prompt = parser.add_argument_group("prompt and sampling")
-    prompt.add_argument("--prompt", required=True, help="text prompt")
-    prompt.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
-    prompt.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
-    prompt.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i")
-    prompt.add_argument(
-        "--num-images", type=int, default=1, metavar="N", help="images per method (default: 1)"
+    groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
+    groups["prompt"].add_argument("--prompt", required=True, help="text prompt")
+    groups["guidance"].add_argument(
+        "--preset",
+        type=Path,
+        metavar="FILE.toml",
+        help="generation settings from the [generate] table of a TOML file, e.g. the tuned.toml written by "
+        "autolora tune or a sweep file; flags given as well override them",
     )
-    prompt.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of 8")
-    prompt.add_argument("--width", type=int, default=None, help="image width in pixels, a multiple of 8")
-
-    guidance = parser.add_argument_group("guidance")
-    guidance.add_argument(
-        "--method",
-        choices=METHODS,
-        default=None,
-        help="autolora: base CFG guided towards LoRA CFG (Eq. 7); lora: LoRA with CFG; base: base model "
-        "with CFG (default: autolora)",
-    )
-    guidance.add_argument(
-        "--gamma", type=float, default=1.5, help="AutoLoRA guidance scale gamma >= 0 (default: 1.5)"
-    )
-    guidance.add_argument(
-        "--gamma-end",
-        type=float,
-        default=None,
-        metavar="G2",
-        help="gamma at the last step, for a linear schedule from --gamma (default: constant gamma)",
-    )
-    guidance.add_argument(
-        "--cfg-base",
-        type=float,
-        default=None,
-        metavar="W1",
-        help="CFG scale >= 1 of the base branch (default: the model family's, e.g. 7.5 for SD1.5)",
-    )
-    guidance.add_argument(
-        "--cfg-lora",
-        type=float,
-        default=None,
-        metavar="W2",
-        help="CFG scale >= 1 of the LoRA branch (default: the model family's, e.g. 7.5 for SD1.5)",
-    )
-    guidance.add_argument(
-        "--interval",
-        default="0,1",
-        metavar="A,B",
-        help="part of the denoising trajectory, 0 <= A <= B <= 1 (0 = first step), where AutoLoRA guidance "
-        "applies; other steps are plain LoRA CFG (default: 0,1, every step)",
-    )
-    guidance.add_argument(
-        "--branch-mode",
-        choices=BRANCH_MODES,
-        default="batched",
-        help="evaluate the base and LoRA branches in one batch or one after the other (default: batched)",
-    )
-    guidance.add_argument(
-        "--reference",
-        default="base",
-        metavar="base|SCALE",
-        help="the reference branch AutoLoRA extrapolates from: base, the base model with CFG W1 (default), "
-        "or a scale: the same LoRAs at that scale, e.g. 0.5",
-    )
+    for field in cli_fields():
+        # Every generation flag comes from its GenerationParams field; values are checked by the field.
+        groups[field.metadata["group"]].add_argument(
+            cli_flag(field),
+            dest=field.name,
+            default=None,
+            choices=getattr(field.metadata["check"], "choices", None),
+            metavar=field.metadata["metavar"],
+            help=_help(field),
+        )
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the PNG files")
@@ -182,15 +120,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-def _parse_number(text: str, what: str) -> float:
-    """A finite float from ``text``, or a ConfigError naming ``what``."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{what}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"{what}: {text!r} is not a finite number")
-    return value
+def _help(field: dataclasses.Field) -> str:
+    default = field.default
+    if default is None:
+        return field.metadata["help"]
+    shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else default
+    return f"{field.metadata['help']} (default: {shown})"
 
 
 def parse_lora_spec(text: str, default_scale: float) -> LoRASpec:
@@ -200,7 +135,7 @@ def parse_lora_spec(text: str, default_scale: float) -> LoRASpec:
         head, tail = text.rsplit(":", 1)
         # Only a numeric tail is a scale, so Windows drive letters and URLs pass through untouched.
         if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", tail.strip()):
-            source, scale = head, _parse_number(tail, f"--lora {text}")
+            source, scale = head, parse_number(tail, f"--lora {text}")
     if not source:
         raise ConfigError(f"--lora {text!r}: the LoRA file is missing")
     if scale < 0:
@@ -208,50 +143,47 @@ def parse_lora_spec(text: str, default_scale: float) -> LoRASpec:
     return LoRASpec(source=source, scale=scale)
 
 
-def parse_interval(text: str) -> tuple[float, float]:
-    """Parse ``A,B``, the part of the trajectory where AutoLoRA applies (its range is checked by the engine)."""
-    parts = text.split(",")
-    if len(parts) != 2:
-        raise ConfigError(f"--interval {text!r} is malformed: expected two numbers A,B such as 0,0.5")
-    start, end = (_parse_number(p, f"--interval {text}") for p in parts)
-    return start, end
+def generation_params(args: argparse.Namespace) -> GenerationParams:
+    """The GenerationParams of ``--preset`` and the flags given (each checked by its field, named by its flag)."""
+    values = read_preset(args.preset) if getattr(args, "preset", None) is not None else {}
+    for field in cli_fields():
+        text = getattr(args, field.name)
+        if text is not None:
+            flag = cli_flag(field)
+            values[field.name] = GenerationParams.check_field(
+                field.name, field.metadata["parse"](text, flag), where=flag
+            )
+    return GenerationParams(**values)
 
 
-def parse_reference(text: str) -> str | float:
-    """``base`` or a scale >= 0 of the loaded LoRAs, as ``generate``'s ``reference`` takes it."""
-    if text == "base":
-        return text
-    scale = _parse_number(text, "--reference (base or a LoRA scale)")
-    if scale < 0:
-        raise ConfigError(f"--reference {text}: the reference LoRA scale must be >= 0")
-    return scale
+def read_preset(path: Path) -> dict[str, Any]:
+    """The ``[generate]`` table of the TOML file ``path`` as GenerationParams values (``cfg`` sets w1 = w2)."""
+    import tomllib
 
-
-def _check_positive(values: dict[str, int | None]) -> None:
-    for flag, value in values.items():
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} {value} must be at least 1")
+    if not path.is_file():
+        raise ConfigError(f"--preset {path}: no such file")
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("generate")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--preset {path}: cannot parse it: {error}") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"--preset {path}: no [generate] table of settings")
+    table = dict(table)
+    if "cfg" in table:
+        table["cfg_base"] = table["cfg_lora"] = table.pop("cfg")
+    return {
+        key: GenerationParams.check_field(key, value, f"--preset {path}: {key}")
+        for key, value in table.items()
+    }
 
 
 def check_args(args: argparse.Namespace) -> GenerateOptions:
     """Validate ``args`` and turn them into ``GenerateOptions``; raises ConfigError or InputFileError."""
-    from autolora.guidance import GuidanceSchedule
     from autolora.lora import check_lora_source
 
+    params = generation_params(args)
     if not (math.isfinite(args.lora_scale) and args.lora_scale >= 0):
         raise ConfigError(f"--lora-scale {args.lora_scale:g} must be >= 0")
-    for flag, value in (("--cfg-base", args.cfg_base), ("--cfg-lora", args.cfg_lora)):
-        # The pipelines read w <= 1 as "no CFG", so w < 1 would silently mean 1.
-        if value is not None and not (math.isfinite(value) and value >= 1):
-            raise ConfigError(f"{flag} {value:g} must be >= 1 (1 = no classifier-free guidance)")
-    _check_positive({"--steps": args.steps, "--num-images": args.num_images})
-    if args.seed < 0:
-        raise ConfigError(f"--seed {args.seed} must be >= 0")
-    if (args.height is None) != (args.width is None):
-        raise ConfigError("--height and --width must be given together")
-    for flag, value in (("--height", args.height), ("--width", args.width)):
-        if value is not None and (value < 8 or value % 8):
-            raise ConfigError(f"{flag} {value} must be a positive multiple of 8")
     if args.compare and args.method is not None:
         raise ConfigError("--compare generates with every method; drop --method")
     if not args.prompt.strip():
@@ -260,12 +192,6 @@ def check_args(args: argparse.Namespace) -> GenerateOptions:
         _check_device(args.device)
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} exists and is not a folder")
-
-    # The engine's own schedule checks gamma, gamma_end and the interval, so the CLI and API agree.
-    schedule = GuidanceSchedule(
-        gamma=args.gamma, gamma_end=args.gamma_end, interval=parse_interval(args.interval)
-    )
-    reference = parse_reference(args.reference)
     loras = tuple(parse_lora_spec(text, args.lora_scale) for text in args.lora)
     for spec in loras:
         # Refuse a missing, pickle or corrupt LoRA before the model is loaded for nothing.
@@ -275,20 +201,8 @@ def check_args(args: argparse.Namespace) -> GenerateOptions:
         model=args.model,
         loras=loras,
         prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        methods=COMPARE_METHODS if args.compare else (args.method or "autolora",),
-        gamma=schedule.gamma,
-        gamma_end=schedule.gamma_end,
-        cfg_base=args.cfg_base,
-        cfg_lora=args.cfg_lora,
-        steps=args.steps,
-        seed=args.seed,
-        num_images=args.num_images,
-        height=args.height,
-        width=args.width,
-        interval=schedule.interval,
-        branch_mode=args.branch_mode,
-        reference=reference,
+        params=params,
+        methods=COMPARE_METHODS if args.compare else (params.method,),
         device=args.device,
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
@@ -317,26 +231,6 @@ def _check_device(device: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def generate_kwargs(options: GenerateOptions, method: str) -> dict[str, Any]:
-    """Keyword arguments of ``autolora.pipelines.generate`` for ``method`` (everything but pipe and prompt)."""
-    return {
-        "method": method,
-        "gamma": options.gamma,
-        "gamma_end": options.gamma_end,
-        "cfg_base": options.cfg_base,
-        "cfg_lora": options.cfg_lora,
-        "negative_prompt": options.negative_prompt,
-        "num_inference_steps": options.steps,
-        "seed": options.seed,
-        "num_images": options.num_images,
-        "height": options.height,
-        "width": options.width,
-        "interval": options.interval,
-        "branch_mode": options.branch_mode,
-        "reference": options.reference,
-    }
-
-
 def _default_steps(pipe: Any) -> int | None:
     """The pipeline's own default number of steps, so the PNG records what was actually run."""
     import inspect
@@ -346,24 +240,13 @@ def _default_steps(pipe: Any) -> int | None:
 
 
 def image_params(
-    options: GenerateOptions, method: str, seed: int, size: tuple[int, int], resolved: dict[str, Any]
+    options: GenerateOptions, params: GenerationParams, size: tuple[int, int], resolved: dict[str, Any]
 ) -> dict[str, Any]:
-    """Everything that made one image; values a method does not use are None (left out of A1111 text)."""
-    uses_lora = method != "base"
-    is_autolora = method == "autolora"
+    """Everything that made one image: ``params.record()`` (values its method ignores are None) and the run."""
+    uses_lora = params.used_by("cfg_lora", params.method)
     return {
         "prompt": options.prompt,
-        "negative_prompt": options.negative_prompt,
-        "method": method,
-        "seed": seed,
-        "num_inference_steps": resolved["num_inference_steps"],
-        "cfg_lora": resolved["cfg_lora"] if uses_lora else None,
-        "cfg_base": resolved["cfg_base"] if method != "lora" else None,
-        "gamma": options.gamma if is_autolora else None,
-        "gamma_end": options.gamma_end if is_autolora else None,
-        "interval": list(options.interval) if is_autolora else None,
-        "branch_mode": options.branch_mode if is_autolora else None,
-        "reference": options.reference if is_autolora else None,
+        **params.record(),
         "loras": [asdict(spec) for spec in options.loras] if uses_lora else None,
         "model": options.model,
         "width": size[0],
@@ -406,10 +289,15 @@ def run(args: argparse.Namespace) -> int:
     )
     for spec in options.loras:
         load_lora(pipe, spec.source, scale=spec.scale, allow_pickle=options.allow_pickle)
-    resolved = {
-        "cfg_base": options.cfg_base if options.cfg_base is not None else default_cfg_scale(pipe),
-        "cfg_lora": options.cfg_lora if options.cfg_lora is not None else default_cfg_scale(pipe),
-        "num_inference_steps": options.steps if options.steps is not None else _default_steps(pipe),
+    # The defaults the pipeline resolves, written out so that each PNG records what was actually run.
+    params = options.params
+    params = replace(
+        params,
+        cfg_base=default_cfg_scale(pipe) if params.cfg_base is None else params.cfg_base,
+        cfg_lora=default_cfg_scale(pipe) if params.cfg_lora is None else params.cfg_lora,
+        num_inference_steps=params.num_inference_steps or _default_steps(pipe),
+    )
+    run_info = {
         "sampler": type(pipe.scheduler).__name__,
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "device": str(pipe.device),
@@ -420,34 +308,34 @@ def run(args: argparse.Namespace) -> int:
     for method in options.methods:
         # generate keeps the pipeline's progress-bar settings, so the bar says which method is running.
         pipe.set_progress_bar_config(desc=method)
-        rows[method] = generate(pipe, options.prompt, progress=True, **generate_kwargs(options, method))
+        rows[method] = generate(pipe, options.prompt, replace(params, method=method), progress=True)
 
     # 3. Write one PNG per image, then the comparison grid.
-    write_outputs(options, rows, resolved)
+    write_outputs(options, params, rows, run_info)
     return 0
 
 
-def write_outputs(options: GenerateOptions, rows: dict[str, list], resolved: dict[str, Any]) -> list[Path]:
+def write_outputs(
+    options: GenerateOptions, params: GenerationParams, rows: dict[str, list], run_info: dict[str, Any]
+) -> list[Path]:
     """Save every image of ``rows`` (method -> images by seed) and, with ``--compare``, their grid."""
     from autolora.images import make_grid, save_png
 
     options.out.mkdir(parents=True, exist_ok=True)
     index = next_index(options.out)
-    seeds = [options.seed + i for i in range(options.num_images)]
+    seeds = [params.seed + i for i in range(params.num_images)]
     size = next(iter(rows.values()))[0].size
     paths = []
     for method, images in rows.items():
         for seed, image in zip(seeds, images, strict=True):
-            params = image_params(options, method, seed, image.size, resolved)
-            paths.append(save_png(image, options.out / image_name(index, method, seed), params))
+            record = image_params(options, replace(params, method=method, seed=seed), image.size, run_info)
+            paths.append(save_png(image, options.out / image_name(index, method, seed), record))
             print(paths[-1])
             index += 1
     if options.compare:
         # The grid records the parameters shared by its rows; each row's own values are in its PNGs.
-        grid_params = image_params(options, "autolora", options.seed, size, resolved)
-        grid_params.update(
-            method="compare", grid=True, rows=list(rows), seeds=seeds, cfg_lora=resolved["cfg_lora"]
-        )
+        grid_params = image_params(options, replace(params, method="autolora"), size, run_info)
+        grid_params.update(method="compare", grid=True, rows=list(rows), seeds=seeds)
         labels = [_row_label(method, grid_params) for method in rows]
         grid = make_grid(list(rows.values()), row_labels=labels, col_labels=[f"seed {s}" for s in seeds])
         paths.append(save_png(grid, options.out / f"{index:0{_INDEX_DIGITS}d}-grid.png", grid_params))

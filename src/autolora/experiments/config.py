@@ -53,50 +53,13 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from autolora.errors import ConfigError, InputFileError
+from autolora.params import SWEEP_FIELDS, GenerationParams, LoRASpec
 
-Method = Literal["autolora", "lora", "base"]
-BranchMode = Literal["batched", "sequential"]
 TorchDType = Literal["float32", "float16", "bfloat16"]
 
-#: Generation parameters a sweep may set in ``[generate]``, a variant or the grid, with their types.
-#: ``cfg`` sets both guidance scales (w1 = w2); ``cfg_base``/``cfg_lora`` set them apart.
-GENERATION_KEYS: dict[str, type | tuple[type, ...]] = {
-    "method": str,
-    "gamma": (int, float),
-    "gamma_end": (int, float),
-    "cfg": (int, float),
-    "cfg_base": (int, float),
-    "cfg_lora": (int, float),
-    "lora_scale": (int, float),
-    "negative_prompt": str,
-    "num_inference_steps": int,
-    "height": int,
-    "width": int,
-    "interval": list,
-    "branch_mode": str,
-    # "base", one scale for the LoRAs in the reference branch, or a table adapter -> scale.
-    "reference": (str, int, float, dict),
-    # Baselines on one model's CFG: guidance in a noise-level interval, condition-annealed sampling.
-    "cfg_interval": list,
-    "cads_noise": (int, float),
-    "cads_tau": list,
-    "cads_psi": (int, float),
-}
-
-#: Parameters of AutoLoRA guidance (Eq. 7) that the "lora" and "base" methods ignore.
-AUTOLORA_ONLY_KEYS = ("gamma", "gamma_end", "interval")
-#: Parameters of the CFG baselines (limited-interval CFG, CADS) that only "lora" and "base" take.
-CFG_BASELINE_KEYS = ("cfg_interval", "cads_noise", "cads_tau", "cads_psi")
-
-
-@dataclass(frozen=True)
-class LoRASpec:
-    """One LoRA loaded into the pipeline (``autolora.pipelines.load_lora`` arguments)."""
-
-    source: str = field(metadata={"help": "Path, Hub id, URL or 'world:<name>' of the LoRA weights."})
-    scale: float = field(default=1.0, metadata={"help": "Scale given at load time."})
-    adapter_name: str | None = field(default=None, metadata={"help": "Adapter name (default: derived)."})
-    weight_name: str | None = field(default=None, metadata={"help": "File inside a Hub repository."})
+#: Keys a sweep may set in ``[generate]``, a variant or the grid: the fields of ``GenerationParams``
+#: (checked by them), and ``cfg``, the sweep's shorthand for ``cfg_base = cfg_lora`` (kept as a label).
+GENERATION_KEYS: tuple[str, ...] = (*SWEEP_FIELDS, "cfg")
 
 
 @dataclass(frozen=True)
@@ -111,15 +74,11 @@ class SeedRange:
 class MetricsConfig:
     """Which metrics to compute on the finished images, and how to group them."""
 
-    names: list[str] = field(default_factory=list, metadata={"help": "Registered metric names."})
-    options: dict[str, dict[str, Any]] = field(
-        default_factory=dict,
-        metadata={"help": "Per-metric options, e.g. {diversity = {extractor = 'world'}}."},
-    )
-    group_by: list[str] | None = field(
-        default=None,
-        metadata={"help": "Image fields that form a group; default: variant, every swept key and prompt."},
-    )
+    names: list[str] = field(default_factory=list)  # registered metric names
+    # Per-metric options, e.g. {diversity = {extractor = "world"}}.
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Image fields that form a group; None: the variant, every swept key and the prompt.
+    group_by: list[str] | None = None
 
 
 @dataclass
@@ -237,6 +196,11 @@ class WorkItem:
             "seed": self.seed,
             **self.params,
         }
+
+    def generation(self, num_images: int = 1) -> GenerationParams:
+        """The item's parameters as ``generate`` takes them, for ``num_images`` images from its seed."""
+        params = {key: value for key, value in self.params.items() if key != "cfg"}
+        return GenerationParams(**params, seed=self.seed, num_images=num_images)
 
     @functools.cached_property
     def key(self) -> str:
@@ -426,34 +390,7 @@ def _check_params(raw: Any, where: str) -> dict[str, Any]:
 
 
 def _check_value(key: str, value: Any, where: str) -> None:
-    kind = GENERATION_KEYS[key]
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"{where}: expected {_kind_name(kind)}, got {value!r}")
-    for name, choices in (("method", Method), ("branch_mode", BranchMode)):
-        if key == name and value not in get_args(choices):
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(get_args(choices))}")
-    if key in ("gamma", "gamma_end", "cfg", "cfg_base", "cfg_lora", "lora_scale", "cads_noise") and value < 0:
-        raise ConfigError(f"{where}: must be >= 0, got {value!r}")
-    if key in ("num_inference_steps", "height", "width") and value < 1:
-        raise ConfigError(f"{where}: must be a positive integer, got {value!r}")
-    if key == "interval" and not (_number_pair(value) and 0 <= value[0] <= value[1] <= 1):
-        raise ConfigError(f"{where}: expected [start, end] with 0 <= start <= end <= 1, got {value!r}")
-    if key in ("cfg_interval", "cads_tau") and not (_number_pair(value) and 0 <= value[0] <= value[1]):
-        raise ConfigError(f"{where}: expected [low, high] with 0 <= low <= high, got {value!r}")
-    if key in ("cads_tau", "cads_psi") and not 0 <= max(value if key == "cads_tau" else [value]) <= 1:
-        raise ConfigError(f"{where}: must lie in [0, 1], got {value!r}")
-
-
-def _number_pair(value: list) -> bool:
-    return len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    if isinstance(kind, tuple):
-        return "a number" if kind == (int, float) else " or ".join(k.__name__ for k in kind)
-    return f"a {kind.__name__}"
+    GenerationParams.check_field("cfg_base" if key == "cfg" else key, value, where)
 
 
 def _parse_grid(raw: Any, where: str = "grid") -> dict[str, list[Any]]:
@@ -564,7 +501,8 @@ def _parse_metrics(raw: Any) -> MetricsConfig:
 
 
 def _resolve_params(params: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """Copy ``cfg`` into ``cfg_base``/``cfg_lora`` (it stays as a label); refuse to silently drop one of them."""
+    """Copy ``cfg`` into ``cfg_base``/``cfg_lora`` (it stays as a label), drop what the method ignores, and
+    check the combination as ``GenerationParams`` (so a bad value fails here, not after a model loaded)."""
     params = dict(params)
     for key in ("interval", "cfg_interval", "cads_tau"):
         if key in params:
@@ -576,9 +514,15 @@ def _resolve_params(params: dict[str, Any], where: str = "") -> dict[str, Any]:
                 f"variant {where!r}: 'cfg' sets both guidance scales and cannot be combined with {clash[0]!r}"
             )
         params["cfg_base"] = params["cfg_lora"] = params["cfg"]
-    ignored = AUTOLORA_ONLY_KEYS if params.get("method", "autolora") != "autolora" else CFG_BASELINE_KEYS
-    for key in ignored:
-        params.pop(key, None)
+    method = params.get("method", GenerationParams.method)
+    # Grid points that differ only in what the method ignores are the same image.
+    params = {
+        key: value for key, value in params.items() if key == "cfg" or GenerationParams.used_by(key, method)
+    }
+    try:
+        GenerationParams(**{key: value for key, value in params.items() if key != "cfg"})
+    except ConfigError as error:
+        raise ConfigError(f"variant {where!r}: {error}") from None
     return params
 
 

@@ -190,12 +190,7 @@ def _generate(
             for batch in _batches(list(group), config.batch_size):
                 first = batch[0]
                 images = autolora.generate(
-                    pipe,
-                    first.prompt,
-                    **_generate_kwargs(first.params),
-                    seed=first.seed,
-                    num_images=len(batch),
-                    progress=False,
+                    pipe, first.prompt, first.generation(num_images=len(batch)), progress=False
                 )
                 for item, image in zip(batch, images, strict=True):
                     save_png(image, run_dir / item.relative_path, {**item.record(), "key": item.key})
@@ -226,15 +221,6 @@ def _batches(items: list[WorkItem], batch_size: int) -> Iterator[list[WorkItem]]
         batch.append(item)
     if batch:
         yield batch
-
-
-def _generate_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    # ``cfg`` is only a label for cfg_base = cfg_lora, which the params already hold.
-    kwargs = {key: value for key, value in params.items() if key != "cfg"}
-    for key in ("interval", "cfg_interval", "cads_tau"):
-        if key in kwargs:
-            kwargs[key] = tuple(kwargs[key])
-    return kwargs
 
 
 def _dtype(name: str | None) -> Any:
