@@ -213,3 +213,46 @@ def test_config_hash_changes_with_the_config():
     assert parse_config(BASE).hash == parse_config(dict(BASE)).hash
     assert parse_config(BASE).hash != parse_config(_with(seeds=[0, 1, 2])).hash
     assert dataclasses.asdict(parse_config(BASE)) == parse_config(BASE).to_dict()
+
+
+def test_each_variant_sweeps_its_own_grid():
+    raw = _with(
+        grid={"lora_scale": [1.0]},
+        variants=[
+            {"name": "LoRA+CFG", "method": "lora", "grid": {"cfg": [1.0, 4.0], "lora_scale": [0.5, 1.0]}},
+            {"name": "AutoLoRA", "method": "autolora", "grid": {"gamma": [0.5, 1.5, 2.5]}},
+        ],
+    )
+    config = parse_config(raw)
+    points = {
+        (i.variant, i.params.get("cfg"), i.params["lora_scale"], i.params.get("gamma"))
+        for i in config.work_items()
+    }
+    assert {(c, s) for v, c, s, _ in points if v == "LoRA+CFG"} == {
+        (1.0, 0.5),
+        (1.0, 1.0),
+        (4.0, 0.5),
+        (4.0, 1.0),
+    }
+    # The AutoLoRA variant keeps the sweep's lora_scale list and adds its gammas.
+    assert {(s, g) for v, _, s, g in points if v == "AutoLoRA"} == {(1.0, 0.5), (1.0, 1.5), (1.0, 2.5)}
+    assert len(config.work_items()) == (4 + 3) * 2
+    assert config.swept_keys() == ["cfg", "lora_scale", "gamma"]
+
+
+def test_variant_grid_values_are_checked():
+    raw = _with(variants=[{"name": "x", "method": "lora", "grid": {"cads_noise": [-1.0]}}])
+    with pytest.raises(ConfigError, match=r"variants\[0\].grid.cads_noise must be >= 0"):
+        parse_config(raw)
+
+
+def test_baseline_keys_are_dropped_for_autolora_and_checked():
+    raw = _with(grid={"cads_noise": [0.1, 0.5]}, variants=[{"name": "A", "method": "autolora"}])
+    assert len(parse_config(raw).work_items()) == 2  # one image per seed, not per noise scale
+    for key, value, message in [
+        ("cfg_interval", [5.0, 1.0], "cfg_interval must satisfy 0 <= a <= b"),
+        ("cads_tau", [0.6, 1.5], "cads_tau must satisfy 0 <= a <= b <= 1"),
+        ("cads_psi", 2.0, r"cads_psi must lie in \[0, 1\]"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_config(_with(generate={"method": "lora", key: value}))

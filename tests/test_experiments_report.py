@@ -32,13 +32,22 @@ def run_dir(tmp_path_factory, tiny):  # noqa: F811
     return tmp_path
 
 
-def test_mean_ci95_matches_student_t():
-    mean, low, high = mean_ci95([1.0, 2.0, 3.0, 4.0])
-    assert mean == 2.5
-    # t(0.975, 3) = 3.182446; sem = sd / sqrt(n) = 1.290994 / 2
-    assert (high - low) / 2 == pytest.approx(3.182446 * 1.290994 / 2, rel=1e-5)
+def test_mean_ci95_is_a_reproducible_bootstrap_around_the_mean():
+    values = [float(v) for v in range(20)]
+    mean, low, high = mean_ci95(values)
+    assert mean == 9.5
+    # The bootstrap standard error of a mean is sd / sqrt(n) = 1.29; the 95% interval spans about 4 of them.
+    assert low < mean < high and 3.5 * 1.29 < high - low < 4.5 * 1.29
+    assert mean_ci95(values) == (mean, low, high)
     single = mean_ci95([0.7])
     assert single[0] == 0.7 and math.isnan(single[1]) and math.isnan(single[2])
+
+
+def test_interval_of_a_bounded_score_stays_in_its_range():
+    # Three probabilities: a Student-t interval would run from about -1.0 to 1.5.
+    mean, low, high = mean_ci95([0.02, 0.97, 0.25])
+    assert 0.02 <= low < mean < high <= 0.97
+    assert mean_ci95([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
 
 
 def test_summary_holds_the_means_of_the_index_numbers(run_dir):
@@ -123,5 +132,53 @@ def test_a_variant_that_ignores_the_swept_axis_gets_its_own_row():
     table = paper_table(run, summarize(run))
     assert table.columns.tolist() == ["gamma", "CFG diversity", "AutoLoRA diversity"]
     assert table["gamma"].tolist() == [1.5, "—"]
-    assert table["CFG diversity"].iloc[1].startswith("0.300 ± ")
-    assert table["AutoLoRA diversity"].iloc[0].startswith("0.600 ± ")
+    assert table["CFG diversity"].iloc[1] == "0.300 [0.200, 0.400]"
+    assert table["AutoLoRA diversity"].iloc[0] == "0.600 [0.500, 0.700]"
+
+
+def test_small_images_are_enlarged_without_smoothing(tmp_path):
+    from PIL import Image
+
+    from autolora.experiments.report import _thumbnail
+
+    pixels = Image.new("RGB", (32, 32), "black")
+    pixels.putpixel((1, 1), (255, 0, 0))
+    pixels.save(tmp_path / "small.png")
+    big = _thumbnail(tmp_path / "small.png")
+    assert big.size == (192, 192)  # a whole factor of 6
+    # Pixel (1, 1) becomes a pure red 6 x 6 square; its neighbours stay pure black.
+    assert {big.getpixel((x, y)) for x in range(6, 12) for y in range(6, 12)} == {(255, 0, 0)}
+    assert big.getpixel((5, 5)) == big.getpixel((12, 12)) == (0, 0, 0)
+
+
+def test_pareto_plot_marks_the_front_and_labels_every_setting(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from autolora.experiments import report
+
+    rows = []
+    # (variant, cfg) -> (style, diversity): A@1 and B@2 are on the front, A@2 is dominated by B@2.
+    for variant, cfg, style, diversity in [("A", 1.0, 0.9, 0.1), ("A", 2.0, 0.5, 0.2), ("B", 2.0, 0.6, 0.3)]:
+        rows.append({"variant": variant, "cfg": cfg, "metric": "style_score", "mean": style})
+        rows.append({"variant": variant, "cfg": cfg, "metric": "diversity", "mean": diversity})
+    summary = pd.DataFrame(rows)
+    labels, lines = [], []
+    annotate, plot = Axes.annotate, Axes.plot
+    monkeypatch.setattr(
+        Axes, "annotate", lambda ax, text, *a, **k: labels.append(text) or annotate(ax, text, *a, **k)
+    )
+    monkeypatch.setattr(
+        Axes, "plot", lambda ax, x, y, *a, **k: lines.append(list(x)) or plot(ax, x, y, *a, **k)
+    )
+    figures = report.pareto_plots(summary, ["cfg"], tmp_path)
+    assert [title for title, _ in figures] == ["Pareto front: diversity vs style_score"]
+    assert figures[0][1].is_file()
+    assert sorted(labels) == ["A cfg=1.0", "A cfg=2.0", "B cfg=2.0"]
+    assert lines == [[0.6, 0.9]]  # the front: B@2 then A@1, by style
+
+
+def test_pareto_mask_keeps_exactly_the_undominated_points():
+    from autolora.pareto import pareto_mask
+
+    points = [(0.9, 0.1), (0.5, 0.2), (0.6, 0.3), (0.6, 0.3), (float("nan"), 0.9)]
+    assert pareto_mask(points) == [True, False, True, True, False]

@@ -116,3 +116,83 @@ class GuidanceSchedule:
         if self.gamma_end is None or num_steps == 1:
             return self.gamma
         return self.gamma + (self.gamma_end - self.gamma) * step / (num_steps - 1)
+
+
+# --- Baselines a user would reach for instead of AutoLoRA ----------------------------------------
+
+
+# Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample and Distribution
+# Quality in Diffusion Models", Eq. 2: CFG only at noise levels sigma in (sigma_lo, sigma_hi].
+def interval_cfg(
+    eps_uncond: torch.Tensor | None,
+    eps_cond: torch.Tensor,
+    w: float,
+    sigma: float,
+    interval: tuple[float, float],
+) -> torch.Tensor:
+    """Guidance in a limited interval: ``cfg(eps_u, eps_c, w)`` if ``sigma_lo < sigma <= sigma_hi``, else
+    ``eps_c``, the conditional prediction alone (the paper's ``D_1``). ``sigma`` is the EDM noise level
+    (``sqrt((1 - alpha_bar) / alpha_bar)`` for DDPM-style schedules); the paper's SDXL interval is (0.28, 5.42]."""
+    sigma_lo, sigma_hi = interval
+    return cfg(eps_uncond, eps_cond, w) if sigma_lo < sigma <= sigma_hi else eps_cond
+
+
+# Sadat et al. 2024, "CADS: Unleashing the Diversity of Diffusion Models through Condition-Annealed
+# Sampling", Eq. 5: the annealing schedule gamma(t) over normalised time t (1 = pure noise, 0 = data).
+def cads_gamma(t: float, tau1: float, tau2: float) -> float:
+    """CADS annealing: ``1`` for ``t <= tau1``, ``(tau2 - t) / (tau2 - tau1)`` between, ``0`` for ``t >= tau2``."""
+    if t <= tau1:
+        return 1.0
+    if t >= tau2:
+        return 0.0
+    return (tau2 - t) / (tau2 - tau1)
+
+
+# CADS, Eq. 4 and 6: Gaussian noise on the conditioning y, then its mean and spread restored.
+def cads_condition(
+    y: torch.Tensor, noise: torch.Tensor, gamma: float, noise_scale: float, psi: float
+) -> torch.Tensor:
+    """Condition annealing (CADS Eq. 4, 6)::
+
+        y_hat       = sqrt(gamma) y + s sqrt(1 - gamma) n,       n ~ N(0, I)
+        y_rescaled  = (y_hat - mean(y_hat)) / std(y_hat) * std(y) + mean(y)
+        y_final     = psi y_rescaled + (1 - psi) y_hat
+
+    ``gamma`` is :func:`cads_gamma` at this step, ``s = noise_scale``; mean and std are taken per sample over
+    all its elements. ``gamma = 1`` returns ``y`` itself (the condition is untouched, plain CFG follows).
+    """
+    if gamma == 1:
+        return y
+    y_hat = gamma**0.5 * y + noise_scale * (1 - gamma) ** 0.5 * noise
+    dims = tuple(range(1, y.ndim))
+    mean_in, std_in = y.mean(dims, keepdim=True), y.std(dims, keepdim=True)
+    # A zero y_hat (no noise where gamma = 0) has no spread to rescale: it becomes mean(y), not NaN.
+    mean_hat = y_hat.mean(dims, keepdim=True)
+    std_hat = y_hat.std(dims, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
+    y_rescaled = (y_hat - mean_hat) / std_hat * std_in + mean_in
+    return psi * y_rescaled + (1 - psi) * y_hat
+
+
+@dataclass(frozen=True)
+class CADSSchedule:
+    """CADS settings: noise scale ``s``, annealing thresholds ``tau1 <= tau2`` in [0, 1], rescale mix ``psi``.
+
+    The paper's defaults for text-to-image: s = 0.25, tau = (0.6, 0.9), psi = 1. ``noise_scale = 0`` with
+    ``psi = 1`` restores y wherever gamma > 0; ``tau1 = 1`` never anneals (plain CFG).
+    """
+
+    noise_scale: float = 0.25
+    tau: tuple[float, float] = (0.6, 0.9)
+    psi: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.noise_scale >= 0:
+            raise ConfigError(f"cads_noise must be >= 0, got {self.noise_scale}")
+        if len(self.tau) != 2 or not (0.0 <= self.tau[0] <= self.tau[1] <= 1.0):
+            raise ConfigError(f"cads_tau must satisfy 0 <= tau1 <= tau2 <= 1, got {self.tau}")
+        if not (0.0 <= self.psi <= 1.0):
+            raise ConfigError(f"cads_psi must be in [0, 1], got {self.psi}")
+
+    def gamma_at(self, t: float) -> float:
+        """gamma(t) of Eq. 5 at normalised time ``t`` (1 = pure noise)."""
+        return cads_gamma(t, *self.tau)

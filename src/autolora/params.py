@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 from autolora.delta_cache import DeltaCachePolicy
 from autolora.errors import ConfigError
-from autolora.guidance import GuidanceSchedule
+from autolora.guidance import CADSSchedule, GuidanceSchedule
 
 Method = Literal["autolora", "lora", "base"]
 BranchMode = Literal["batched", "sequential"]
@@ -88,6 +88,27 @@ def _interval(value: Any, where: str) -> tuple[float, float]:
     return start, end
 
 
+def _pair(low: float, high: float, what: str) -> Check:
+    """Two numbers ``low <= a <= b <= high``, as a tuple of floats."""
+
+    def check(value: Any, where: str) -> tuple[float, float]:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+            raise ConfigError(f"{where} must be two {what} [a, b], got {value!r}")
+        a, b = (_real(low)(v, where) if not (_is_number(v) and math.isinf(v)) else float(v) for v in value)
+        if not low <= a <= b <= high:
+            raise ConfigError(f"{where} must satisfy {low:g} <= a <= b <= {high:g}, got {value!r}")
+        return a, b
+
+    return check
+
+
+def _fraction(value: Any, where: str) -> float:
+    number = _real(0.0)(value, where)
+    if number > 1:
+        raise ConfigError(f"{where} must lie in [0, 1], got {value!r}")
+    return number
+
+
 def _reference(value: Any, where: str) -> str | float | dict[str, float]:
     if value == "base":
         return "base"
@@ -150,6 +171,8 @@ class LoRASpec:
 # --- The declaration ----------------------------------------------------------------------------------------
 
 _WITH_LORA = frozenset({"autolora", "lora"})
+# The CFG baselines change one model's own CFG: the LoRA's or the base model's, not AutoLoRA's two branches.
+_ONE_MODEL = frozenset({"lora", "base"})
 
 
 def _option(
@@ -271,6 +294,39 @@ class GenerationParams:
         methods=frozenset({"autolora"}),
         metavar="T",
     )
+    # Kynkäänniemi et al. 2024: CFG only at noise levels in (sigma_lo, sigma_hi]; the conditional model elsewhere.
+    cfg_interval: tuple[float, float] | None = _option(
+        None,
+        _pair(0.0, math.inf, "noise levels"),
+        "CFG only at noise levels sigma in (LO, HI] (EDM sigma; SDXL's paper setting: 0.28,5.42), the "
+        "conditional prediction alone elsewhere (default: CFG at every step)",
+        methods=_ONE_MODEL,
+        parse=parse_interval,
+        metavar="LO,HI",
+    )
+    # Sadat et al. 2024 (CADS): noise on the conditioning, annealed away over the trajectory.
+    cads_noise: float | None = _option(
+        None,
+        _real(0.0),
+        "CADS noise scale s on the text conditioning, e.g. 0.25 (default: no CADS)",
+        methods=_ONE_MODEL,
+        metavar="S",
+    )
+    cads_tau: tuple[float, float] = _option(
+        (0.6, 0.9),
+        _pair(0.0, 1.0, "times"),
+        "CADS annealing: full noise above time TAU2, none below TAU1 (1 = pure noise)",
+        methods=_ONE_MODEL,
+        parse=parse_interval,
+        metavar="TAU1,TAU2",
+    )
+    cads_psi: float = _option(
+        1.0,
+        _fraction,
+        "CADS rescaling mix psi in [0, 1] (1: the conditioning keeps its mean and spread)",
+        methods=_ONE_MODEL,
+        parse=parse_number,
+    )
     negative_prompt: str | None = _option(
         None, _text, "negative prompt (default: none)", metavar="N", group="prompt"
     )
@@ -339,6 +395,13 @@ class GenerationParams:
         return params, {key: value for key, value in options.items() if key not in _FIELDS}
 
     @property
+    def cads(self) -> CADSSchedule | None:
+        """CADS's settings, or None when it is off."""
+        if self.cads_noise is None:
+            return None
+        return CADSSchedule(noise_scale=self.cads_noise, tau=self.cads_tau, psi=self.cads_psi)
+
+    @property
     def schedule(self) -> GuidanceSchedule:
         """When AutoLoRA applies and with which gamma."""
         return GuidanceSchedule(gamma=self.gamma, gamma_end=self.gamma_end, interval=self.interval)
@@ -350,8 +413,7 @@ class GenerationParams:
 
     def record(self) -> dict[str, Any]:
         """The fields as plain values (PNG metadata, indexes); fields the method ignores are None."""
-        values = dataclasses.asdict(self)
-        values["interval"] = list(self.interval)
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         return {name: value if self.used_by(name, self.method) else None for name, value in values.items()}
 
 

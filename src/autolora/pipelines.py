@@ -136,10 +136,10 @@ def generate(
     try:
         if method == "base":
             switcher.apply(reference_branch)
-            return call.run(w_base)
+            return _run_one_model(call, params, w_base)
         if method == "lora":
             switcher.apply(lora_branch)
-            return call.run(w_lora)
+            return _run_one_model(call, params, w_lora)
         branches = (_BranchInputs(reference_branch, w_base), _BranchInputs(lora_branch, w_lora))
         return _run_autolora(call, switcher, params.schedule, branches, params.branch_mode, params.cache)
     finally:
@@ -157,6 +157,28 @@ def _check_pipeline_kwargs(family: PipelineFamily, params: GenerationParams, kwa
     if params.method == "autolora" and kwargs.get("guidance_rescale"):
         # The pipeline would rescale the already guided prediction against itself, a silent no-op.
         raise ConfigError("guidance_rescale is not supported with method='autolora'")
+
+
+def _run_one_model(call: _PipelineCall, params: GenerationParams, w: float) -> list[PIL.Image.Image]:
+    """The pipeline's own CFG at scale ``w``, limited to a noise-level interval and/or with CADS if asked."""
+    if params.cfg_interval is None and params.cads is None:
+        return call.run(w)
+    if not call.family.batched_cfg:
+        raise ConfigError(
+            "cfg_interval and cads_noise need a pipeline that batches [uncond, cond] (SD, SDXL, SD3)"
+        )
+    from autolora.cfg_hooks import CFGHook
+
+    hook = CFGHook(
+        num_images=call.num_images,
+        w=w,
+        interval=params.cfg_interval,
+        cads=params.cads,
+        seeds=call.seeds,
+        scheduler=call.pipe.scheduler,
+    )
+    with hooked(_denoiser(call.pipe), hook):
+        return call.run(w)
 
 
 def _run_autolora(
@@ -262,12 +284,17 @@ class _PipelineCall:
         self.seed = params.seed
         self.progress = progress
 
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each image: ``seed + i``."""
+        return [self.seed + i for i in range(self.num_images)]
+
     def _arguments(self, w: float) -> dict[str, Any]:
         arguments = {
             **self.kwargs,
             self.family.cfg_argument: w,
             # Paired noise: image i always starts from seed + i, whatever the method or number of images.
-            "generator": [torch.Generator("cpu").manual_seed(self.seed + i) for i in range(self.num_images)],
+            "generator": [torch.Generator("cpu").manual_seed(seed) for seed in self.seeds],
         }
         if self.negative_prompt is not None:
             arguments["negative_prompt"] = self.negative_prompt

@@ -26,6 +26,7 @@ COMMANDS = (
     "bank",
     "prior",
     "synth",
+    "tune",
     "distill",
     "doctor",
 )

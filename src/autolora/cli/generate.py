@@ -87,6 +87,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
     groups["prompt"].add_argument("--prompt", required=True, help="text prompt")
+    groups["guidance"].add_argument(
+        "--preset",
+        type=Path,
+        metavar="FILE.toml",
+        help="generation settings from the [generate] table of a TOML file, e.g. the tuned.toml written by "
+        "autolora tune or a sweep file; flags given as well override them",
+    )
     for field in cli_fields():
         # Every generation flag comes from its GenerationParams field; values are checked by the field.
         groups[field.metadata["group"]].add_argument(
@@ -137,8 +144,8 @@ def parse_lora_spec(text: str, default_scale: float) -> LoRASpec:
 
 
 def generation_params(args: argparse.Namespace) -> GenerationParams:
-    """The GenerationParams of the flags given (each checked by its field, named by its flag)."""
-    values = {}
+    """The GenerationParams of ``--preset`` and the flags given (each checked by its field, named by its flag)."""
+    values = read_preset(args.preset) if getattr(args, "preset", None) is not None else {}
     for field in cli_fields():
         text = getattr(args, field.name)
         if text is not None:
@@ -147,6 +154,27 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
                 field.name, field.metadata["parse"](text, flag), where=flag
             )
     return GenerationParams(**values)
+
+
+def read_preset(path: Path) -> dict[str, Any]:
+    """The ``[generate]`` table of the TOML file ``path`` as GenerationParams values (``cfg`` sets w1 = w2)."""
+    import tomllib
+
+    if not path.is_file():
+        raise ConfigError(f"--preset {path}: no such file")
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("generate")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--preset {path}: cannot parse it: {error}") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"--preset {path}: no [generate] table of settings")
+    table = dict(table)
+    if "cfg" in table:
+        table["cfg_base"] = table["cfg_lora"] = table.pop("cfg")
+    return {
+        key: GenerationParams.check_field(key, value, f"--preset {path}: {key}")
+        for key, value in table.items()
+    }
 
 
 def check_args(args: argparse.Namespace) -> GenerateOptions:

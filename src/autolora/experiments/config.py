@@ -3,7 +3,10 @@
 A sweep expands into work items, one image each: every *variant* (a named method setting,
 e.g. "AutoLoRA+CFG") crossed with every point of the *grid* (the cartesian product of the
 swept parameters), every prompt and every seed. Parameters merge in the order
-``[generate]`` < variant < grid point, so the grid always has the last word.
+``[generate]`` < variant < grid point, so the grid always has the last word. A variant may
+carry its own ``grid`` table, which replaces the sweep's lists for the keys it names (so each
+method sweeps its own parameters: CFG and LoRA scale for LoRA+CFG, gamma and both CFG scales for
+AutoLoRA).
 
 Example::
 
@@ -86,6 +89,7 @@ class Variant:
     params: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
     loras: tuple[LoRASpec, ...] | None = None
+    grid: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,8 +131,14 @@ class SweepConfig:
         return list(dict.fromkeys(specs))
 
     def swept_keys(self) -> list[str]:
-        """Grid axes that take more than one value (variants are told apart by their name)."""
-        return [key for key, values in self.grid.items() if len(values) > 1]
+        """Grid axes that take more than one value in the sweep's or a variant's grid (variants are told
+        apart by their name)."""
+        grids = [self.grid, *(variant.grid for variant in self.variants)]
+        return list(dict.fromkeys(key for grid in grids for key, values in grid.items() if len(values) > 1))
+
+    def variant_grid(self, variant: Variant) -> dict[str, list[Any]]:
+        """The grid ``variant`` runs: the sweep's, with the variant's own lists in place of the same keys."""
+        return {**self.grid, **variant.grid}
 
     def work_items(self) -> list[WorkItem]:
         """Every distinct image of the sweep, in a stable order: variant, grid point, prompt, seed.
@@ -138,9 +148,10 @@ class SweepConfig:
         """
         items: list[WorkItem] = []
         seen: set[str] = set()
-        axes = list(self.grid)
         for variant in self.variants or [Variant(name="default")]:
-            for point in itertools.product(*(self.grid[key] for key in axes)):
+            grid = self.variant_grid(variant)
+            axes = list(grid)
+            for point in itertools.product(*(grid[key] for key in axes)):
                 params = _resolve_params(
                     {**self.generate, **variant.params, **dict(zip(axes, point, strict=True))}
                 )
@@ -342,9 +353,11 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path | None = None) -> SweepC
     )
     # Resolving every combination once catches conflicts (e.g. cfg with cfg_base) before any image is made.
     for variant in config.variants or [Variant(name="default")]:
-        for point in itertools.product(*config.grid.values()):
+        variant_grid = config.variant_grid(variant)
+        for point in itertools.product(*variant_grid.values()):
             _resolve_params(
-                {**generate, **variant.params, **dict(zip(grid, point, strict=True))}, where=variant.name
+                {**generate, **variant.params, **dict(zip(variant_grid, point, strict=True))},
+                where=variant.name,
             )
     return config
 
@@ -385,29 +398,30 @@ def _check_value(key: str, value: Any, where: str) -> None:
     GenerationParams.check_field("cfg_base" if key == "cfg" else key, value, where)
 
 
-def _parse_grid(raw: Any) -> dict[str, list[Any]]:
-    _check_keys(raw, set(GENERATION_KEYS), "grid")
+def _parse_grid(raw: Any, where: str = "grid") -> dict[str, list[Any]]:
+    _check_keys(raw, set(GENERATION_KEYS), where)
     grid = {}
     for key, values in raw.items():
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+            raise ConfigError(f"{where}.{key}: expected a non-empty list of values, got {values!r}")
         for value in values:
-            _check_value(key, value, f"grid.{key}")
+            _check_value(key, value, f"{where}.{key}")
         grid[key] = list(values)
     return grid
 
 
 def _parse_variant(raw: Any, index: int) -> Variant:
     where = f"variants[{index}]"
-    _check_keys(raw, {"name", "model", "loras", *GENERATION_KEYS}, where)
+    _check_keys(raw, {"name", "model", "loras", "grid", *GENERATION_KEYS}, where)
     name = _required_key(raw, "name", str, where)
     params = {key: value for key, value in raw.items() if key in GENERATION_KEYS}
+    grid = _parse_grid(raw.get("grid", {}), f"{where}.grid")
     _check_params(params, f"variants[{index}] ({name})")
     model = raw.get("model")
     if model is not None and not (isinstance(model, str) and model.strip()):
         raise ConfigError(f"{where}.model: expected a non-empty string, got {model!r}")
     loras = _parse_loras(raw["loras"], f"{where}.loras") if "loras" in raw else None
-    return Variant(name=name, params=params, model=model, loras=loras)
+    return Variant(name=name, params=params, model=model, loras=loras, grid=grid)
 
 
 def _parse_loras(raw: Any, where: str) -> tuple[LoRASpec, ...]:
@@ -495,8 +509,9 @@ def _resolve_params(params: dict[str, Any], where: str = "") -> dict[str, Any]:
     """Copy ``cfg`` into ``cfg_base``/``cfg_lora`` (it stays as a label), drop what the method ignores, and
     check the combination as ``GenerationParams`` (so a bad value fails here, not after a model loaded)."""
     params = dict(params)
-    if "interval" in params:
-        params["interval"] = [float(v) for v in params["interval"]]
+    for key in ("interval", "cfg_interval", "cads_tau"):
+        if key in params:
+            params[key] = [float(v) for v in params[key]]
     if "cfg" in params:
         clash = [key for key in ("cfg_base", "cfg_lora") if key in params]
         if clash:

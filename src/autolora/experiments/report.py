@@ -1,10 +1,12 @@
 """Reports of a run folder: paper-style tables, plots along the swept axes and same-noise image grids.
 
-Tables give each metric's mean with its 95% confidence interval (Student t) for every variant
-and grid point. The interval is over groups (prompts, say) when a cell holds several, and over
-the images (seeds) of the cell's single group for image-level metrics; a cell with one value
-has no interval. The Markdown report links its figures; the HTML report embeds them (base64),
-so it is one self-contained file.
+Tables give each metric's mean with its 95% confidence interval for every variant and grid point:
+a percentile bootstrap of the mean, which never leaves the range of the values, so a bounded score
+(a probability, a 0-5 judge score) keeps its interval inside its bounds. The interval is over groups
+(prompts, say) when a cell holds several, and over the images (seeds) of the cell's single group for
+image-level metrics; a cell with one value has no interval. When diversity was measured, a Pareto
+plot per other metric marks the settings no other setting beats on both. The Markdown report links
+its figures; the HTML report embeds them (base64), so it is one self-contained file.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import html
 import json
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,6 +27,7 @@ from PIL import Image
 from autolora.errors import ConfigError, InputFileError
 from autolora.experiments.index import CONFIG_NAME, INDEX_NAME, REPORT_DIR, RunIndex
 from autolora.images import atomic_write_bytes, make_grid
+from autolora.pareto import pareto_mask
 
 ReportFormat = Literal["md", "html"]
 ExportFormat = Literal["csv", "parquet"]
@@ -34,6 +37,11 @@ _GRID_MAX_ROWS = 16
 _GRID_MAX_SEEDS = 8
 _GRID_MAX_PROMPTS = 4
 _THUMBNAIL_PX = 192
+# Percentile bootstrap of the mean: resamples and a fixed seed, so a report is reproducible.
+_BOOTSTRAP_RESAMPLES = 2000
+_BOOTSTRAP_SEED = 0
+# Diversity metrics: the vertical axis of the Pareto plots, against every other metric.
+_DIVERSITY_METRICS = ("diversity", "vendi")
 
 
 @dataclass
@@ -72,6 +80,8 @@ def load_run(run_dir: str | Path) -> RunData:
         raise InputFileError(f"{str(run_dir)!r} holds no image yet; run autolora sweep first")
     params = pd.DataFrame([json.loads(p) for p in images["params"]])
     images = pd.concat([images.drop(columns=["variant", "prompt", "seed"]), params], axis=1)
+    # List-valued settings (an interval) become tuples, so they can key groups and label cells.
+    images, per_group = (frame.map(_hashable) if not frame.empty else frame for frame in (images, per_group))
     variants = [v["name"] for v in config["variants"]] or ["default"]
     return RunData(
         name=config["name"],
@@ -112,18 +122,24 @@ def summarize(run: RunData) -> pd.DataFrame:
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and two-sided 95% Student-t confidence interval; the bounds are NaN for fewer than two values."""
-    from scipy import stats
+    """Mean and 95% percentile-bootstrap interval of the mean; the bounds are NaN for fewer than two values.
 
-    clean = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not clean:
+    Bootstrap means are means of the values, so the interval stays within [min, max] of the values and
+    hence within any bound the metric has (a t-interval of three probabilities can reach -1 and 1.5).
+    """
+    import numpy as np
+
+    clean = np.array([float(v) for v in values if v is not None and not math.isnan(float(v))])
+    if not len(clean):
         return math.nan, math.nan, math.nan
-    mean = sum(clean) / len(clean)
+    mean = float(clean.mean())
     if len(clean) < 2:
         return mean, math.nan, math.nan
-    sem = stats.sem(clean)
-    half = float(stats.t.ppf(0.975, len(clean) - 1) * sem)
-    return mean, mean - half, mean + half
+    rng = np.random.default_rng(_BOOTSTRAP_SEED)
+    means = rng.choice(clean, size=(_BOOTSTRAP_RESAMPLES, len(clean))).mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    # Summation order can put a mean of equal values one ulp past them: keep the bounds on the values.
+    return mean, float(max(low, clean.min())), float(min(high, clean.max()))
 
 
 def paper_table(run: RunData, summary: pd.DataFrame) -> pd.DataFrame:
@@ -163,7 +179,7 @@ def build_report(
     out.mkdir(exist_ok=True)
     summary = summarize(run)
     table = paper_table(run, summary)
-    figures = [*_plots(run, summary, out), *_grids(run, run_dir, out)]
+    figures = [*_plots(run, summary, out), *pareto_plots(summary, run.axes, out), *_grids(run, run_dir, out)]
     files = [path for _, path in figures]
     if "md" in formats:
         files.append(_write(out / "report.md", _markdown(run, table, figures)))
@@ -228,6 +244,10 @@ def _cell_values(frame: pd.DataFrame, cells: list[str], metric: str) -> dict[tup
     }
 
 
+def _hashable(value: object) -> object:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
 def _none_if_nan(value: object) -> object:
     return None if isinstance(value, float) and math.isnan(value) else value
 
@@ -245,7 +265,8 @@ def _cell_text(mean: float, low: float, high: float) -> str:
         return "—"
     if math.isnan(low):
         return f"{mean:.3f}"
-    return f"{mean:.3f} ± {(high - low) / 2:.3f}"
+    # A bootstrap interval is not symmetric about the mean: both bounds are shown.
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
 # --- Figures ----------------------------------------------------------------------------------
@@ -287,6 +308,67 @@ def _plots(run: RunData, summary: pd.DataFrame, out: Path) -> list[tuple[str, Pa
     return figures
 
 
+def pareto_plots(
+    summary: pd.DataFrame,
+    axes: Sequence[str],
+    out: Path,
+    *,
+    floor: tuple[str, float | None] | None = None,
+    label: Callable[[tuple], str] | None = None,
+) -> list[tuple[str, Path]]:
+    """Diversity against each other metric of ``summary`` (rows: variant, ``axes``, metric, mean), one point
+    per setting, each labelled (by ``label(cell)``, default ``variant axis=value ...``); the Pareto front is
+    drawn and circled, ``floor`` (metric, value) a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(summary["metric"].unique())
+    diversity = next((m for m in _DIVERSITY_METRICS if m in metrics), None)
+    if diversity is None:
+        return []
+    cells = ["variant", *axes]
+    means = summary.pivot_table(index=cells, columns="metric", values="mean", dropna=False, sort=False)
+    figures = []
+    for other in [m for m in metrics if m not in _DIVERSITY_METRICS]:
+        points = means[[other, diversity]].dropna()
+        if len(points) < 2:
+            continue
+        front = pareto_mask(points.to_numpy().tolist())
+        fig, ax = plt.subplots(figsize=(8, 6))
+        variants = points.index.get_level_values(0) if axes else points.index
+        for variant in dict.fromkeys(variants):
+            mine = points[variants == variant]
+            ax.scatter(mine[other], mine[diversity], label=variant, s=25)
+        on_front = points[front].sort_values(other)
+        ax.plot(on_front[other], on_front[diversity], color="black", linewidth=1, label="Pareto front")
+        ax.scatter(on_front[other], on_front[diversity], s=120, facecolors="none", edgecolors="black")
+        if floor is not None and floor[0] == other and floor[1] is not None:
+            ax.axvline(floor[1], linestyle="--", color="gray", label=f"floor {floor[1]:.3g}")
+        ax.set(xlabel=f"{other} (higher: more adherent)", ylabel=f"{diversity} (higher: more varied)")
+        ax.set_title(f"{diversity} vs {other}: one point per setting (mean), the front circled", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        # Labels come after the layout, which would otherwise shrink the axes to fit the longest one.
+        for cell, row in points.iterrows():
+            text = label(cell) if label is not None else _setting_label(axes, cell)
+            ax.annotate(text, (row[other], row[diversity]), fontsize=6, alpha=0.8, annotation_clip=False)
+        path = out / f"pareto-{_file_part(diversity)}-vs-{_file_part(other)}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        figures.append((f"Pareto front: {diversity} vs {other}", path))
+    return figures
+
+
+def _setting_label(axes: Sequence[str], cell: object) -> str:
+    """``variant a=1 b=2`` for a summary cell, leaving out axes the variant's method ignores."""
+    parts = cell if isinstance(cell, tuple) else (cell,)
+    settings = [f"{a}={v}" for a, v in zip(axes, parts[1:], strict=True) if _none_if_nan(v) is not None]
+    return " ".join([str(parts[0]), *settings])
+
+
 def _grids(run: RunData, run_dir: Path, out: Path) -> list[tuple[str, Path]]:
     """Per prompt: rows = variant and grid point, columns = seeds, so each column shares its initial noise."""
     figures = []
@@ -300,12 +382,8 @@ def _grids(run: RunData, run_dir: Path, out: Path) -> list[tuple[str, Path]]:
             if not all(seed in by_seed for seed in seeds):
                 continue  # a row with holes would misalign the shared-noise columns
             rows.append([_thumbnail(run_dir / by_seed[seed]) for seed in seeds])
-            parts = label if isinstance(label, tuple) else (label,)
             # An axis the variant's method ignores (gamma for plain LoRA) is left out of its label.
-            settings = [
-                f"{a}={v}" for a, v in zip(run.axes, parts[1:], strict=True) if _none_if_nan(v) is not None
-            ]
-            labels.append(", ".join([str(parts[0]), *settings]))
+            labels.append(_setting_label(run.axes, label))
             if len(rows) == _GRID_MAX_ROWS:
                 break
         if rows:
@@ -316,8 +394,13 @@ def _grids(run: RunData, run_dir: Path, out: Path) -> list[tuple[str, Path]]:
 
 
 def _thumbnail(path: Path) -> Image.Image:
+    """The image at about ``_THUMBNAIL_PX``: large ones shrunk, small ones enlarged by a whole factor
+    without smoothing (NEAREST), so each pixel of a 32 px image stays a crisp square."""
     with Image.open(path) as image:
         image = image.convert("RGB")
+    factor = _THUMBNAIL_PX // max(image.size)
+    if factor > 1:
+        return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
     image.thumbnail((_THUMBNAIL_PX, _THUMBNAIL_PX))
     return image
 
@@ -373,8 +456,9 @@ def _html(run: RunData, table: pd.DataFrame, figures: list[tuple[str, Path]]) ->
 def _caption(run: RunData) -> str:
     return (
         f"{len(run.images)} images; variants: {', '.join(run.variants)}; swept: {', '.join(run.axes) or 'nothing'}."
-        " Cells: mean ± half-width of the 95% confidence interval (Student t) over groups,"
-        " or over images when a cell holds one group."
+        f" Cells: mean [95% interval], a percentile bootstrap of the mean ({_BOOTSTRAP_RESAMPLES} resamples,"
+        " seed 0) over groups, or over images when a cell holds one group; it stays within the values'"
+        " range, so bounded scores keep their bounds, and it is narrow when there are few values."
     )
 
 
@@ -402,4 +486,4 @@ def _export(run: RunData, summary: pd.DataFrame, out: Path, fmt: ExportFormat) -
 
 def _scalar(value: object) -> object:
     # Lists and dicts (loras, interval) become JSON text: both formats need flat columns.
-    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, tuple, dict)) else value
