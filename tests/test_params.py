@@ -21,6 +21,8 @@ BAD_VALUES = {
     "lora_scale": (-0.1, "must be >= 0"),
     "reference": (-2.0, "must be >= 0"),
     "branch_mode": ("parallel", "is not one of"),
+    "cache_interval": (0, "must be >= 1"),
+    "cache_threshold": (-0.5, "must be >= 0"),
     "cfg_interval": ((5.0, 1.0), "0 <= a <= b"),
     "cads_noise": (-0.1, "must be >= 0"),
     "cads_tau": ((0.6, 1.5), "0 <= a <= b <= 1"),
