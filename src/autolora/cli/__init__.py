@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from autolora import __version__
 from autolora.errors import AutoLoRAError
 
-COMMANDS = ("generate", "eval", "sweep", "report", "demo", "world", "app")
+COMMANDS = ("generate", "eval", "sweep", "report", "demo", "world", "doctor", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:
