@@ -21,6 +21,8 @@ BAD_VALUES = {
     "lora_scale": (-0.1, "must be >= 0"),
     "reference": (-2.0, "must be >= 0"),
     "branch_mode": ("parallel", "is not one of"),
+    "cache_interval": (0, "must be >= 1"),
+    "cache_threshold": (-0.1, "must be >= 0"),
     "negative_prompt": (3, "must be a string"),
     "num_inference_steps": (0, "must be >= 1"),
     "height": (60, "multiple of 8"),
