@@ -175,6 +175,8 @@ def test_pareto_plot_marks_the_front_and_labels_every_setting(tmp_path, monkeypa
     assert figures[0][1].is_file()
     assert sorted(labels) == ["A cfg=1.0", "A cfg=2.0", "B cfg=2.0"]
     assert lines == [[0.6, 0.9]]  # the front: B@2 then A@1, by style
+    front = report.pareto_fronts(summary, ["cfg"])[("diversity", "style_score")]["on_front"]
+    assert front.to_dict() == {("A", 1.0): True, ("A", 2.0): False, ("B", 2.0): True}
 
 
 def test_pareto_mask_keeps_exactly_the_undominated_points():

@@ -143,19 +143,19 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     # 1. Open the study (resuming it) and fail trials a killed run left running: they are run again.
-    with warnings.catch_warnings():
-        # ``group`` (TPE over each method's own parameters) is marked experimental by Optuna.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(
-            seed=spec.sampler_seed + len(_all_trials(out)), multivariate=True, group=True, n_startup_trials=4
-        )
     study = optuna.create_study(
         study_name="tune",
         storage=f"sqlite:///{(out / STUDY_FILE).resolve()}",
         directions=["maximize", "maximize"],
-        sampler=sampler,
         load_if_exists=True,
     )
+    with warnings.catch_warnings():
+        # ``group`` (TPE over each method's own parameters) is marked experimental by Optuna.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # A resumed run seeds its sampler past the trials so far, so it does not repeat their proposals.
+        study.sampler = optuna.samplers.TPESampler(
+            seed=spec.sampler_seed + len(study.trials), multivariate=True, group=True, n_startup_trials=4
+        )
     _check_same_setup(study, spec)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -185,20 +185,6 @@ def tune(
 
     # 4. The front, the recommendation and its preset.
     return _write_results(study, spec, out, runner.default_cfg)
-
-
-def _all_trials(out: Path) -> list[Any]:
-    """Trials already stored in ``out`` (a new sampler seed per resumed run keeps proposals fresh)."""
-    import optuna
-
-    if not (out / STUDY_FILE).is_file():
-        return []
-    try:
-        return optuna.load_study(
-            study_name="tune", storage=f"sqlite:///{(out / STUDY_FILE).resolve()}"
-        ).trials
-    except KeyError:
-        return []
 
 
 def _check_same_setup(study: Any, spec: TuneSpec) -> None:

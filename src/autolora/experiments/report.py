@@ -182,7 +182,7 @@ def build_report(
     figures = [*_plots(run, summary, out), *pareto_plots(summary, run.axes, out), *_grids(run, run_dir, out)]
     files = [path for _, path in figures]
     if "md" in formats:
-        files.append(_write(out / "report.md", _markdown(run, table, figures)))
+        files.append(_write(out / "report.md", _markdown(run, table, figures, summary)))
     if "html" in formats:
         files.append(_write(out / "report.html", _html(run, table, figures)))
     for fmt in export:
@@ -308,6 +308,24 @@ def _plots(run: RunData, summary: pd.DataFrame, out: Path) -> list[tuple[str, Pa
     return figures
 
 
+def pareto_fronts(summary: pd.DataFrame, axes: Sequence[str]) -> dict[tuple[str, str], pd.DataFrame]:
+    """For (diversity, other metric) pairs of ``summary``: each setting's two means and ``on_front``, whether
+    no other setting beats it on both (both maximised). Settings are indexed by (variant, *axes)."""
+    metrics = list(summary["metric"].unique())
+    diversity = next((m for m in _DIVERSITY_METRICS if m in metrics), None)
+    if diversity is None:
+        return {}
+    means = summary.pivot_table(
+        index=["variant", *axes], columns="metric", values="mean", dropna=False, sort=False
+    )
+    fronts = {}
+    for other in [m for m in metrics if m not in _DIVERSITY_METRICS]:
+        points = means[[other, diversity]].dropna()
+        if len(points) >= 2:
+            fronts[(diversity, other)] = points.assign(on_front=pareto_mask(points.to_numpy().tolist()))
+    return fronts
+
+
 def pareto_plots(
     summary: pd.DataFrame,
     axes: Sequence[str],
@@ -324,18 +342,9 @@ def pareto_plots(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = list(summary["metric"].unique())
-    diversity = next((m for m in _DIVERSITY_METRICS if m in metrics), None)
-    if diversity is None:
-        return []
-    cells = ["variant", *axes]
-    means = summary.pivot_table(index=cells, columns="metric", values="mean", dropna=False, sort=False)
     figures = []
-    for other in [m for m in metrics if m not in _DIVERSITY_METRICS]:
-        points = means[[other, diversity]].dropna()
-        if len(points) < 2:
-            continue
-        front = pareto_mask(points.to_numpy().tolist())
+    for (diversity, other), points in pareto_fronts(summary, axes).items():
+        front = points["on_front"]
         fig, ax = plt.subplots(figsize=(8, 6))
         variants = points.index.get_level_values(0) if axes else points.index
         for variant in dict.fromkeys(variants):
@@ -412,9 +421,21 @@ def _file_part(text: str) -> str:
 # --- Documents --------------------------------------------------------------------------------
 
 
-def _markdown(run: RunData, table: pd.DataFrame, figures: list[tuple[str, Path]]) -> str:
+def _markdown(
+    run: RunData, table: pd.DataFrame, figures: list[tuple[str, Path]], summary: pd.DataFrame
+) -> str:
     lines = [f"# {run.name}", "", _caption(run), ""]
     lines += [_markdown_table(table), ""] if not table.empty else ["No metrics computed.", ""]
+    for (diversity, other), points in pareto_fronts(summary, run.axes).items():
+        front = points[points["on_front"]].sort_values(other, ascending=False)
+        rows = pd.DataFrame(
+            {
+                "setting": [_setting_label(run.axes, cell) for cell in front.index],
+                other: front[other].round(3),
+                diversity: front[diversity].round(3),
+            }
+        )
+        lines += [f"## Pareto front: {diversity} vs {other} (means)", "", _markdown_table(rows), ""]
     for title, path in figures:
         lines += [f"## {title}", "", f"![{title}]({path.name})", ""]
     return "\n".join(lines)
