@@ -183,3 +183,20 @@ def test_a_checkpoint_of_another_configuration_is_refused(bank, tmp_path):
     wider = PriorConfig(kind="regressor", **{**TINY, "token_dim": 12})
     with pytest.raises(ConfigError, match="another vae configuration"):
         train_prior(bank, wider, tmp_path / "a")
+
+
+@pytest.mark.parametrize("conditioning", ["hyperada", "adanorm"])
+def test_the_condition_gets_a_gradient_by_the_second_step(conditioning):
+    from autolora.synthesis.latent import LatentDiffusion
+
+    torch.manual_seed(0)
+    model = LatentDiffusion(6, 3, hidden=8, blocks=2, conditioning=conditioning, rank=2, timesteps=10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x0, condition = torch.randn(4, 6), torch.randn(4, 3)
+    for step in range(2):
+        optimizer.zero_grad()
+        model.loss(x0, condition, 0.0, torch.Generator().manual_seed(step)).backward()
+        for block in model.blocks:  # the modulation learns from the first step
+            assert block.modulation[1].weight.grad.abs().sum() > 0
+        optimizer.step()
+    assert model.condition.weight.grad.abs().sum() > 0

@@ -43,9 +43,11 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.SiLU(), nn.Linear(2 * hidden, hidden))
         outputs = 2 * hidden * rank if conditioning == "hyperada" else 2 * hidden
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(embed, outputs))
-        # Start as the identity modulation (zero low-rank pair / zero scale and shift).
-        nn.init.zeros_(self.modulation[1].weight)
-        nn.init.zeros_(self.modulation[1].bias)
+        # Start as the identity modulation: zero scale and shift, or a zero U with a random D (as LoRA
+        # zeroes B only: were both factors zero, neither would ever receive a gradient).
+        second_half = slice(outputs // 2, None) if conditioning == "hyperada" else slice(None)
+        nn.init.zeros_(self.modulation[1].weight[second_half])
+        nn.init.zeros_(self.modulation[1].bias[second_half])
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         a, b = self.modulation(e).chunk(2, dim=-1)
