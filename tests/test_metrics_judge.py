@@ -15,7 +15,8 @@ from autolora.errors import ConfigError, InputFileError
 from autolora.metrics.judge import ANNA, Character, cps_prompt, parse_scores, pc_sa_prompt
 from autolora.metrics.registry import ImageRecord, get_metric
 
-PAPER = Path("/work/shared/seeds/002_3f7ec4ab755c4e6f.txt")
+# Appendix A of the paper exactly as extracted from its PDF (with the PDF's line numbers).
+PAPER_APPENDIX_A = Path(__file__).parent / "data" / "paper_appendix_a.txt"
 
 # Appendix A.1 as printed in the paper (the image, "<IMAGE DATA>", is sent before this text).
 PAPER_A1 = """Evaluate the presence of Princess Anna from Disney’s Frozen movie in the image. Output a score between 0 and 5, where:
@@ -108,9 +109,8 @@ def _paper_section(text: str, start: str, end: str) -> str:
     return "\n".join(line for line in lines if not re.fullmatch(r"\d{3}", line))
 
 
-@pytest.mark.skipif(not PAPER.exists(), reason="paper text not available")
 def test_prompts_equal_the_paper_file():
-    text = PAPER.read_text(encoding="utf-8")
+    text = PAPER_APPENDIX_A.read_text(encoding="utf-8")
     assert cps_prompt() == _paper_section(text, "A.1 ANNA PRESENCE SCORE", "A.2 PIXEL-ART")
     a2 = _paper_section(text, "A.2 PIXEL-ART PROMPT CORRESPONDENCE AND STYLE ADHERENCE", "762 B PIXEL ART")
     assert pc_sa_prompt("PROMPT") == a2.replace("<PROMPT USED FOR THE IMAGE GENERATION>", "PROMPT")

@@ -17,7 +17,11 @@ from typing import Any
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
+from autolora.compat import DependencyError, installed_version, require_tested
 from autolora.errors import ConfigError
+
+# What ``BranchSwitcher.apply`` writes directly, bypassing peft's public setters (see there for why).
+PRIVATE_ATTRIBUTES = ("_active_adapter", "_disable_adapters")
 
 # peft's placeholder adapter name for rows of a mixed batch that skip every adapter.
 BASE_ADAPTER = "__base__"
@@ -58,7 +62,14 @@ class BranchSwitcher:
     """The LoRA layers of some modules, switchable between branches, restorable to the user's state."""
 
     def __init__(self, modules: Iterable[nn.Module]) -> None:
+        require_tested("peft", f"it switches LoRA branches through peft's private {', '.join(PRIVATE_ATTRIBUTES)}")
         self.layers = lora_layers(modules)
+        missing = [name for name in PRIVATE_ATTRIBUTES if self.layers and name not in vars(self.layers[0])]
+        if missing:
+            raise DependencyError(
+                f"peft {installed_version('peft')}'s LoRA layers have no {', '.join(missing)}, which autolora "
+                "uses to switch branches; install the peft release pyproject.toml names"
+            )
         if any(layer.merged for layer in self.layers):
             raise ConfigError(
                 "a LoRA is fused into the model weights; AutoLoRA needs the base weights: call pipe.unfuse_lora()"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from autolora import __version__
 from autolora.errors import AutoLoRAError
 
-COMMANDS = ("generate", "eval", "sweep", "report", "tune", "demo", "world")
+COMMANDS = ("generate", "eval", "sweep", "report", "tune", "demo", "world", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:
