@@ -326,6 +326,7 @@ class GenerationParams:
         "CADS rescaling mix psi in [0, 1] (1: the conditioning keeps its mean and spread)",
         methods=_ONE_MODEL,
         parse=parse_number,
+        metavar="PSI",
     )
     negative_prompt: str | None = _option(
         None, _text, "negative prompt (default: none)", metavar="N", group="prompt"

@@ -184,7 +184,7 @@ def tune(
             log(_trial_line(last))
 
     # 4. The front, the recommendation and its preset.
-    return _write_results(study, spec, out, runner.default_cfg)
+    return _write_results(study, spec, out)
 
 
 def _check_same_setup(study: Any, spec: TuneSpec) -> None:
@@ -472,7 +472,7 @@ def recommend(trials: pd.DataFrame) -> pd.Series | None:
     return trials.sort_values("adherence", ascending=False).iloc[0]
 
 
-def _write_results(study: Any, spec: TuneSpec, out: Path, default_cfg: float) -> TuneResult:
+def _write_results(study: Any, spec: TuneSpec, out: Path) -> TuneResult:
     from autolora.experiments.report import pareto_plots
     from autolora.images import atomic_write_bytes
 
