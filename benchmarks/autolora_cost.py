@@ -63,6 +63,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     DISTILLED: {"method": "lora"},
 }
+SECTIONS = ("drift", "overhead", "cost")
 METRICS = ("diversity", "style_score", "digit_score", "pixel_distance")
 
 
@@ -120,8 +121,12 @@ def _relative(current: torch.Tensor, previous: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def overhead(pipe: Any, prompt: str, args: argparse.Namespace) -> dict[str, tuple[float, float, int]]:
-    """Median seconds per image (all, and outside the UNet) and UNet rows: the pipeline's own call, ``generate``."""
+def overhead(pipe: Any, prompt: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Per image, medians over repeats: wall seconds, CPU seconds, wall seconds outside the UNet, UNet rows.
+
+    CPU seconds (``time.process_time``, with one torch thread) are the steadier clock on a shared machine:
+    they do not count the time other processes hold the cores.
+    """
     common = _common(args)
 
     def own_call() -> None:
@@ -144,20 +149,20 @@ def overhead(pipe: Any, prompt: str, args: argparse.Namespace) -> dict[str, tupl
         "generate(gamma=1.5), full AutoLoRA batched": lambda: generate(pipe, prompt, **common),
     }
     pipe.set_progress_bar_config(disable=True)
-    times: dict[str, list[float]] = defaultdict(list)
-    outside: dict[str, list[float]] = defaultdict(list)
-    rows: dict[str, int] = {}
+    samples: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for _ in range(args.overhead_repeats):
         for name, run in runs.items():
             with metered(pipe.unet, lambda: None) as meter:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 run()
-                times[name].append((time.perf_counter() - start) / args.images)
-            outside[name].append(times[name][-1] - meter.seconds / args.images)
-            rows[name] = meter.rows // args.images
+                wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            sample = samples[name]
+            sample["seconds"].append(wall / args.images)
+            sample["cpu_seconds"].append(cpu / args.images)
+            sample["outside"].append((wall - meter.seconds) / args.images)
+            sample["rows"].append(meter.rows / args.images)
     return {
-        name: (statistics.median(values), statistics.median(outside[name]), rows[name])
-        for name, values in times.items()
+        name: {key: statistics.median(v) for key, v in sample.items()} for name, sample in samples.items()
     }
 
 
@@ -269,16 +274,15 @@ def _interval(values: np.ndarray) -> str:
 
 
 def report(
-    drift: list[dict[str, float]],
-    own: dict[str, tuple[float, float, int]],
-    table: dict[str, dict[str, Any]],
+    drift: list[dict[str, float]] | None,
+    own: dict[str, dict[str, float]] | None,
+    table: dict[str, dict[str, Any]] | None,
     prompts: int,
     args: argparse.Namespace,
     argv: list[str],
     start_load: str,
 ) -> str:
-    ref = table[REFERENCE]
-    columns = list(drift[0])
+    """The provenance and the tables of the sections that were measured."""
     lines = [
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores; torch threads: {torch.get_num_threads()}",
@@ -291,23 +295,40 @@ def report(
         f"{args.images} images per prompt (seeds {args.seed}..{args.seed + args.images - 1}), {args.steps} steps, "
         f"gamma {args.gamma}, CFG {WORLD_CFG} in both branches; distilled LoRAs: {args.distill_steps} training "
         "steps on the teacher's trajectories of the LoRA's ten digit prompts (seeds 1000..1003)",
-        "",
-        "### Delta drift between neighbouring steps (relative L1, mean over prompts)",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---:|" * len(columns),
-        *("| " + " | ".join(f"{row[c]:.3g}" for c in columns) + " |" for row in drift),
-        "",
-        f"### Our own overhead ({args.images} images, {args.steps} steps, median of {args.overhead_repeats})",
-        "",
-        "| run | s / image | x pipeline's own call | s / image outside the UNet | UNet rows / image |",
-        "|---|---:|---:|---:|---:|",
     ]
-    own_seconds = next(iter(own.values()))[0]
-    lines += [
-        f"| {name} | {s:.4f} | {s / own_seconds:.3f} | {o:.4f} | {r} |" for name, (s, o, r) in own.items()
-    ]
-    lines += [
+    if drift is not None:
+        columns = list(drift[0])
+        lines += [
+            "",
+            "### Delta drift between neighbouring steps (relative L1, mean over prompts)",
+            "",
+            "| " + " | ".join(columns) + " |",
+            "|" + "---:|" * len(columns),
+            *("| " + " | ".join(f"{row[c]:.3g}" for c in columns) + " |" for row in drift),
+        ]
+    if own is not None:
+        own_call = next(iter(own.values()))
+        lines += [
+            "",
+            f"### Our own overhead ({args.images} images, {args.steps} steps, median of {args.overhead_repeats})",
+            "",
+            "| run | s / image | x own call | CPU s / image | x own call (CPU) | s / image outside the UNet "
+            "| UNet rows / image |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            *(
+                f"| {name} | {m['seconds']:.4f} | {m['seconds'] / own_call['seconds']:.3f} | {m['cpu_seconds']:.4f} "
+                f"| {m['cpu_seconds'] / own_call['cpu_seconds']:.3f} | {m['outside']:.4f} | {m['rows']:.0f} |"
+                for name, m in own.items()
+            ),
+        ]
+    if table is not None:
+        lines += _cost_lines(table)
+    return "\n".join(lines)
+
+
+def _cost_lines(table: dict[str, dict[str, Any]]) -> list[str]:
+    ref = table[REFERENCE]
+    lines = [
         "",
         "### Cost in time and in images",
         "",
@@ -323,7 +344,7 @@ def report(
         )
     lines.append("")
     lines.append(f"LoRA+CFG: {ref['seconds']:.4f} s per image. Intervals: 95 % bootstrap over prompts.")
-    return "\n".join(lines)
+    return lines
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -339,6 +360,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--overhead-repeats", type=int, default=5)
     parser.add_argument("--work", type=Path, default=Path("autolora-cost-work"), help="distilled LoRAs")
     parser.add_argument("--out", type=Path, default=None, help="also write the report to this Markdown file")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="what to measure (default: all)",
+    )
     return parser.parse_args(argv)
 
 
@@ -349,9 +377,10 @@ def main(argv: list[str] | None = None) -> None:
     pipe = load_pipeline("world")
     load_lora(pipe, f"world:{args.loras[0]}")
     prompts = [f"a {DIGIT_NAMES[d]} in {lora_info(args.loras[0]).trigger} style" for d in args.digits]
-    drift = delta_drift(pipe, prompts, args)
-    own = overhead(pipe, prompts[0], args)
-    table, count = cost_table(args.loras, args)
+    drift = delta_drift(pipe, prompts, args) if "drift" in args.sections else None
+    own = overhead(pipe, prompts[0], args) if "overhead" in args.sections else None
+    table, count = cost_table(args.loras, args) if "cost" in args.sections else (None, 0)
+    args.work.mkdir(parents=True, exist_ok=True)
     # The raw measurements, so that the report can be written again without measuring again.
     torch.save({"drift": drift, "own": own, "table": table, "prompts": count}, args.work / "measurements.pt")
     text = report(drift, own, table, count, args, argv, start_load)
