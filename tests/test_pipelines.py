@@ -130,9 +130,12 @@ def test_cached_delta_equals_step_by_step_algorithm_2_with_held_delta(pipe, kind
         **_options(),
     )
     reference = _reference_algorithm_2(pipe, kind, gamma=1.5, w_base=W_BASE, w_lora=W_LORA, cache_interval=2)
-    assert (integrated - reference).abs().max() <= 1e-5 * reference.abs().max()
+    error = (integrated - reference).abs().max()
+    assert error <= 1e-5 * reference.abs().max()
+    # Holding the delta changes the image far more than the equivalence's own error (on the tiny SD3, whose
+    # delta hardly moves in one step, by about 1e-5 of the latents' range).
     full = _reference_algorithm_2(pipe, kind, gamma=1.5, w_base=W_BASE, w_lora=W_LORA)
-    assert (integrated - full).abs().max() > 1e-4 * full.abs().max()
+    assert (integrated - full).abs().max() > 10 * error
 
 
 def test_cache_interval_one_is_exactly_full_autolora(pipe):
