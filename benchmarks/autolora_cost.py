@@ -102,7 +102,7 @@ def delta_drift(pipe: Any, prompts: list[str], args: argparse.Namespace) -> list
                     _relative(deltas[step], deltas[step - 3]) if step >= 3 else float("nan")
                 )
                 stats["cfg_lora change"].append(_relative(loras[step], loras[step - 1]))
-                stats["|delta| / |cfg_lora|"].append(
+                stats["delta size / cfg_lora size"].append(
                     float(deltas[step].abs().mean() / loras[step].abs().mean())
                 )
     finally:
@@ -224,7 +224,7 @@ def cost_table(names: list[str], args: argparse.Namespace) -> tuple[dict[str, di
                     start = time.perf_counter()
                     images[variant] = generate(target, prompt, gamma=args.gamma, **options, **_common(args))
                     seconds[variant] += time.perf_counter() - start
-                calls[variant], rows[variant] = meter.calls // args.images, meter.rows // args.images
+                calls[variant], rows[variant] = meter.calls, meter.rows // args.images
             full = _pixels(images[FULL])
             for variant, batch in images.items():
                 style = evaluators.style_probabilities(batch)[:, evaluators.styles.index(info.style)]
@@ -291,11 +291,15 @@ def report(
         f"- versions: python {platform.python_version()}, "
         + ", ".join(f"{name} {version}" for name, version in package_versions().items())
         + f", autolora git {git_revision() or 'unknown'}",
-        f"- setup: miniature world, LoRAs {', '.join(args.loras)}, digits {args.digits} ({prompts} prompts), "
+        f"- setup: miniature world, LoRAs {', '.join(args.loras)}, digits {args.digits}, "
         f"{args.images} images per prompt (seeds {args.seed}..{args.seed + args.images - 1}), {args.steps} steps, "
-        f"gamma {args.gamma}, CFG {WORLD_CFG} in both branches; distilled LoRAs: {args.distill_steps} training "
-        "steps on the teacher's trajectories of the LoRA's ten digit prompts (seeds 1000..1003)",
+        f"gamma {args.gamma}, CFG {WORLD_CFG} in both branches",
     ]
+    if table is not None:
+        lines[-1] += (
+            f"; {prompts} prompts; distilled LoRAs: {args.distill_steps} training steps on the teacher's "
+            "trajectories of the LoRA's ten digit prompts (seeds 1000..1003)"
+        )
     if drift is not None:
         columns = list(drift[0])
         lines += [
@@ -322,17 +326,17 @@ def report(
             ),
         ]
     if table is not None:
-        lines += _cost_lines(table)
+        lines += _cost_lines(table, args.images)
     return "\n".join(lines)
 
 
-def _cost_lines(table: dict[str, dict[str, Any]]) -> list[str]:
+def _cost_lines(table: dict[str, dict[str, Any]], images: int) -> list[str]:
     ref = table[REFERENCE]
     lines = [
         "",
         "### Cost in time and in images",
         "",
-        "| method | x LoRA+CFG (time) | UNet calls / image | UNet rows / image | diversity | style score "
+        f"| method | x LoRA+CFG (time) | UNet calls / {images} images | UNet rows / image | diversity | style score "
         "| digit score | pixel distance to full AutoLoRA |",
         "|---|---:|---:|---:|---|---|---|---|",
     ]

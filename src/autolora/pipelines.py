@@ -5,9 +5,10 @@ pipeline as the LoRA model with CFG(w2) and hooks its denoiser (diffusers' ``Hoo
 step the hook evaluates both branches itself and returns the AutoLoRA prediction in every slot the pipeline
 will combine, so the pipeline's own ``u + w (c - u)`` hands it back unchanged (u = c).
 
-Each branch's conditioning (prompt embeddings, pooled embeddings, time ids, ...) is captured beforehand by
-running the pipeline up to its first denoiser call(s) with that branch's adapters and CFG scale, so a text-
-encoder LoRA is seen by the LoRA branch only, whatever the pipeline's encoding details.
+The reference branch's conditioning (prompt embeddings, pooled embeddings, time ids, ...) is captured beforehand
+by running the pipeline up to its first denoiser call(s) with that branch's adapters and CFG scale; the LoRA
+branch's is the pipeline's own call (captured the same way where the pipeline makes two calls per step). So a
+text-encoder LoRA is seen by the LoRA branch only, whatever the pipeline's encoding details.
 """
 
 from __future__ import annotations
@@ -189,11 +190,14 @@ def _run_autolora(
     branch_mode: BranchMode,
     cache: DeltaCachePolicy,
 ) -> list[PIL.Image.Image]:
-    """Capture each branch's denoiser inputs, then run the pipeline as the LoRA model with the guidance hook."""
-    for branch in branches:
+    """Capture the branches' denoiser inputs, then run the pipeline as the LoRA model with the guidance hook."""
+    reference, lora = branches
+    # The pipeline's own run is the LoRA branch: where it makes one denoiser call per step, the hook takes that
+    # branch's inputs from the call itself, saving a capture run (the costlier part of our own overhead).
+    own_calls = call.family.batched_cfg or lora.w == 1
+    for branch in (reference,) if own_calls else branches:
         switcher.apply(branch.branch)
         branch.inputs = call.capture_denoiser_inputs(branch.w)
-    reference, lora = branches
     if branch_mode == "batched" and not _mixable(reference.branch, lora.branch):
         warnings.warn(
             "batched mode runs one adapter per branch; this request stacks adapters or guides from the same "
@@ -211,6 +215,7 @@ def _run_autolora(
         scheduler=call.pipe.scheduler,
         cache=cache,
     )
+    switcher.apply(lora.branch)
     with hooked(_denoiser(call.pipe), hook):
         return call.run(lora.w)
 
@@ -412,7 +417,7 @@ class AutoLoRAHook(ModelHook):
         self.branch_mode = branch_mode
         self.scheduler = scheduler
         self.cache = DeltaCache(cache)
-        self.calls_per_step = len(self.lora.inputs)
+        self.calls_per_step = len(self.lora.inputs) or 1
         self.num_calls = 0
         self.guided: torch.Tensor | None = None
         self.latent_name = ""
@@ -431,6 +436,9 @@ class AutoLoRAHook(ModelHook):
             # the pipeline's call, unchanged.
             return self.fn_ref.original_forward(*args, **kwargs)
         inputs = _keyword_inputs(module, args, kwargs)
+        if not self.lora.inputs:
+            # Not captured: the pipeline's own call, made as the LoRA model, is the LoRA branch's (one per step).
+            self.lora.inputs = [inputs]
         latents = inputs[self.latent_name]
         if slot == 0:
             self.guided = self._guided_prediction(latents[: self.num_images], inputs["timestep"], gamma)
