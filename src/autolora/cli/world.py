@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("world", help="train the miniature world or a LoRA", description=__doc__)
     actions = parser.add_subparsers(dest="world_action", required=True, metavar="ACTION")
     train = actions.add_parser("train", help="train stages of the miniature world")
-    train.add_argument("stage", choices=("all", "vae", "base", "loras", "evaluators"))
+    train.add_argument("stage", choices=("all", "vae", "evaluators", "base", "loras"))
     train.add_argument(
         "--work", type=Path, default=Path("world-train"), help="checkpoints (default: %(default)s)"
     )
@@ -48,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     from autolora.world.assets import base_pipeline_path
-    from autolora.world.lora import read_image_folder, train_lora
+    from autolora.world.lora import check_base_pipeline, read_image_folder, train_lora
     from autolora.world.lora_config import LoRATrainingConfig
 
+    # Everything is checked before the base model loads.
+    base = check_base_pipeline(base_pipeline_path() if args.base == "world" else args.base)
     images, captions = read_image_folder(args.images)
     config = LoRATrainingConfig(
         rank=args.rank,
@@ -59,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
     )
-    base = base_pipeline_path() if args.base == "world" else Path(args.base)
     result = train_lora(base, images, captions, args.out, config)
     print(
         f"wrote {args.out} ({len(images)} images, {result.steps} steps, final loss {result.final_loss:.4f})"

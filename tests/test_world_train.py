@@ -1,0 +1,117 @@
+"""Training the miniature world: every stage at tiny sizes, exact resumption, the shared schedule."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from autolora.errors import ConfigError
+from autolora.metrics.features import get_extractor
+from autolora.world import components, train
+from autolora.world.evaluators import load_evaluators
+from autolora.world.styles import STYLES, sample_style
+from autolora.world.training import learning_rate_factor, run_stage
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    train.run(list(train.STAGES), root / "work", root / "out", seed=0, plan=train.TINY_PLAN)
+    return root / "out"
+
+
+def test_every_stage_is_recorded_with_its_plan(tiny_world):
+    manifest = json.loads((tiny_world / "manifest.json").read_text())
+    assert set(manifest["stages"]) == set(train.STAGES)
+    assert manifest["plan"]["vae_steps"] == train.TINY_PLAN.vae_steps
+    assert set(manifest["stages"]["evaluators"]["held_out_accuracy"]) == {
+        "digit",
+        "style",
+        "digit_random_styles",
+    }
+
+
+def test_tiny_world_is_a_diffusers_pipeline_with_the_planned_latent(tiny_world):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_world / "pipeline", safety_checker=None)
+    assert pipe.unet.config.in_channels == components.TINY.latent_channels
+    assert pipe.vae.config.latent_channels == components.TINY.latent_channels
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        "a seven", num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)
+    )
+    assert image.images.shape == (1, 3, 32, 32)
+
+
+def test_tiny_world_has_a_lora_per_style_and_evaluators_the_metrics_can_load(tiny_world):
+    index = json.loads((tiny_world / "loras" / "index.json").read_text())
+    assert set(index) == {name for name, style in STYLES.items() if style.kind != "base"} | {"outline-kohya"}
+    assert all(
+        (tiny_world / "loras" / entry.get("file", f"{name}.safetensors")).exists()
+        for name, entry in index.items()
+    )
+    folder = tiny_world / "evaluators"
+    assert load_evaluators(folder).styles == list(STYLES)
+    images = [s.image for s in sample_style("neon", 3, seed=0)]
+    assert get_extractor("world", evaluators=str(folder))(images).shape == (3, 32)
+
+
+def test_a_rerun_skips_recorded_stages(tiny_world, tmp_path):
+    before = (tiny_world / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    train.run(["base"], tmp_path / "work", tiny_world, seed=0, plan=train.TINY_PLAN)
+    after = (tiny_world / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert before == after and not (tmp_path / "work" / "base.ckpt").exists()
+
+
+class Crash(Exception):
+    pass
+
+
+def _train(checkpoint, crash_at: int | None = None) -> tuple[torch.Tensor, int]:
+    """8 warm-up-and-decay steps of a toy regression: weights and steps taken; ``Crash`` on call ``crash_at``."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    data = torch.randn(64, 4)
+    calls = iter(range(1000))
+
+    def loss_fn(generator):
+        if next(calls) == crash_at:
+            raise Crash
+        batch = data[torch.randint(64, (8,), generator=generator)]
+        return (model(batch) - batch.sum(1, keepdim=True)).pow(2).mean()
+
+    run_stage(
+        "toy",
+        {"model": model},
+        model.parameters(),
+        loss_fn,
+        steps=8,
+        seed=1,
+        learning_rate=0.1,
+        checkpoint=checkpoint,
+        checkpoint_every=2,
+        warmup=3,
+    )
+    return model.weight.detach().clone(), next(calls)
+
+
+def test_a_crashed_stage_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    straight, steps = _train(tmp_path / "a.ckpt")
+    with pytest.raises(Crash):
+        _train(tmp_path / "b.ckpt", crash_at=5)
+    assert torch.load(tmp_path / "b.ckpt", weights_only=False)["step"] == 4
+    resumed, resumed_steps = _train(tmp_path / "b.ckpt")
+    assert (steps, resumed_steps) == (8, 4) and torch.equal(resumed, straight)
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+    factors = [learning_rate_factor(step, 100, 10) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+    assert learning_rate_factor(100, 100, 10) == pytest.approx(0.1)
+
+
+def test_world_extractor_refuses_unknown_options():
+    with pytest.raises(ConfigError, match="does not accept"):
+        get_extractor("world", evaluator="typo")
