@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from PIL import Image
@@ -51,10 +51,13 @@ FEATURE_DIM = 32
 
 
 class ConvNet(nn.Module):
-    """Three strided convolutions and global average pooling to ``out_dim`` outputs."""
+    """Three strided convolutions, then a linear head on the 4x4 feature map (or its average)."""
 
-    def __init__(self, out_dim: int, width: int) -> None:
+    def __init__(self, out_dim: int, width: int, pool: Literal["flatten", "average"] = "flatten") -> None:
         super().__init__()
+        # Flattening keeps where strokes are (a six is a rotated nine); averaging, used by the first
+        # shipped evaluators, keeps only what is there.
+        pooled = [nn.Flatten()] if pool == "flatten" else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.body = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1),
             nn.SiLU(),
@@ -64,10 +67,10 @@ class ConvNet(nn.Module):
             nn.SiLU(),
             nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1),
             nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
+            *pooled,
         )
-        self.head = nn.Linear(4 * width, out_dim)
+        cells = (IMAGE_SIZE // 8) ** 2 if pool == "flatten" else 1
+        self.head = nn.Linear(4 * width * cells, out_dim)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(pixels))
@@ -110,7 +113,7 @@ def training_counts(plan: Plan) -> dict[str, int]:
     per_style = plan.evaluator_renders_per_style
     counts = {name: 6 * per_style if name == "base" else per_style for name in STYLES}
     seeds = RANDOM_TRAINING_SEEDS[: plan.random_styles]
-    return counts | dict.fromkeys(random_style_names(seeds), plan.renders_per_random_style)
+    return counts | dict.fromkeys(random_style_names(seeds), plan.evaluator_renders_per_random_style)
 
 
 def held_out_accuracy(evaluators: WorldEvaluators, plan: Plan, seed: int) -> dict[str, float]:
@@ -186,6 +189,7 @@ def train_evaluators(out: Path, work: Path, plan: Plan, seed: int) -> tuple[Stag
     save_file({k: v.contiguous() for k, v in state.items()}, out_dir / "evaluators.safetensors")
     config = {
         "width": width,
+        "pool": "flatten",
         "feature_dim": FEATURE_DIM,
         "styles": list(STYLES),
         "held_out_accuracy": accuracy,
@@ -243,7 +247,7 @@ def load_evaluators(folder: Path = EVALUATORS_DIR) -> WorldEvaluators:
         ("style", len(config["styles"])),
         ("features", config["feature_dim"]),
     ):
-        network = ConvNet(out_dim, config["width"])
+        network = ConvNet(out_dim, config["width"], config.get("pool", "average"))
         network.load_state_dict(
             {
                 k.removeprefix(f"{prefix}."): v

@@ -77,11 +77,13 @@ class Plan:
     base_renders_per_digit: int = 4
     lora_images: int = 24
     lora: LoRATrainingConfig = field(default_factory=LoRATrainingConfig)
-    evaluator_steps: int = 2000
+    evaluator_steps: int = 6000
     evaluator_batch: int = 64
-    evaluator_width: int = 24
-    #: Renders per named style for the evaluators (the base style, which varies most, gets 6x).
+    evaluator_width: int = 32
+    #: Renders per named style for the evaluators (the base style, which varies most, gets 6x), and per
+    #: random training style.
     evaluator_renders_per_style: int = 400
+    evaluator_renders_per_random_style: int = 4
     #: Held-out digits rendered per named style, and unseen random styles (seeds from 0) with their renders,
     #: on which the evaluators' accuracy is measured.
     held_out_renders: int = 150
@@ -106,6 +108,7 @@ TINY_PLAN = Plan(
     evaluator_batch=4,
     evaluator_width=4,
     evaluator_renders_per_style=2,
+    evaluator_renders_per_random_style=1,
     held_out_renders=2,
     held_out_random_styles=2,
     held_out_renders_per_random_style=2,
