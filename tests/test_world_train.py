@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from diffusers import StableDiffusionPipeline
 
 from autolora.errors import ConfigError
 from autolora.metrics.features import get_extractor
-from autolora.world import components, train
+from autolora.world import components, fidelity, train
 from autolora.world.evaluators import load_evaluators
 from autolora.world.styles import STYLES, sample_style
 from autolora.world.training import learning_rate_factor, run_stage
@@ -115,3 +116,24 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
 def test_world_extractor_refuses_unknown_options():
     with pytest.raises(ConfigError, match="does not accept"):
         get_extractor("world", evaluator="typo")
+
+
+def test_psnr_of_a_known_error_and_of_an_exact_copy():
+    target = torch.zeros(2, 3, 4, 4)
+    assert torch.allclose(fidelity.psnr(target + 0.2, target), torch.tensor([20.0, 20.0]))
+    assert torch.isinf(fidelity.psnr(target, target)).all()
+
+
+def test_fidelity_measures_every_style_of_a_tiny_world(tiny_world, tmp_path, capsys):
+    out = tmp_path / "fidelity.json"
+    argv = ["--world", str(tiny_world), "--renders", "4", "--random-styles", "2", "--per-digit", "1"]
+    assert (
+        fidelity.main([*argv, "--steps", "1", "--json", str(out), "--grid", str(tmp_path / "grid.png")]) == 0
+    )
+    rows = {row["style"]: row for row in json.loads(out.read_text())}
+    assert set(rows) == {*STYLES, fidelity.RANDOM_ROW}
+    assert all(math.isfinite(row["psnr"]) for row in rows.values())
+    # Every style has a LoRA in the tiny world, so every named style has samples and an FD ratio.
+    assert all(math.isfinite(rows[name]["fd_ratio"]) and rows[name]["fd_ratio"] > 0 for name in STYLES)
+    assert math.isnan(rows[fidelity.RANDOM_ROW]["render_style"])
+    assert "| neon |" in capsys.readouterr().out and (tmp_path / "grid.png").exists()
