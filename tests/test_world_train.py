@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
 
 from autolora.errors import ConfigError
 from autolora.metrics.features import get_extractor
@@ -38,6 +39,8 @@ def test_tiny_world_is_a_diffusers_pipeline_with_the_planned_latent(tiny_world):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_world / "pipeline", safety_checker=None)
     assert pipe.unet.config.in_channels == components.TINY.latent_channels
     assert pipe.vae.config.latent_channels == components.TINY.latent_channels
+    stored = load_file(tiny_world / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {w.dtype for w in stored.values()} == {torch.float16} and pipe.unet.dtype == torch.float32
     pipe.set_progress_bar_config(disable=True)
     image = pipe(
         "a seven", num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)
