@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,15 +114,29 @@ def test_train_lora_cli_refuses_a_base_that_is_not_a_pipeline_before_training(tm
     assert not out.exists()
 
 
-def test_bank_skips_styles_its_index_already_lists(random_world, tmp_path):
+def test_bank_resumes_and_leaves_styles_claimed_by_a_live_worker(random_world, tmp_path):
     pipeline = StableDiffusionPipeline.from_pretrained(random_world, safety_checker=None)
     config = LoRATrainingConfig(steps=1, batch_size=1)
-    names = ["neon", "random-7"]
-    first = train_lora_bank(pipeline, names[:1], tmp_path, config, images=1, seed=0)
-    (tmp_path / "neon.safetensors").unlink()  # a listed style is not retrained, even without its file
-    index = train_lora_bank(pipeline, names, tmp_path, config, images=1, seed=0)
+    first = train_lora_bank(pipeline, ["neon"], tmp_path, config, images=1, seed=0)
+    (tmp_path / "neon.safetensors").unlink()  # a finished style is not retrained, even without its file
+    (tmp_path / "chalk.lock").write_text(str(os.getpid()))  # claimed by a live process: this one
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    (tmp_path / "random-7.lock").write_text(finished.stdout.decode())  # claimed by a process that ended
+    index = train_lora_bank(pipeline, ["neon", "chalk", "random-7"], tmp_path, config, images=1, seed=0)
     assert index["neon"]["final_loss"] == first["neon"]["final_loss"]
-    assert not (tmp_path / "neon.safetensors").exists()
-    assert (tmp_path / "random-7.safetensors").exists()
+    assert not (tmp_path / "neon.safetensors").exists() and not (tmp_path / "chalk.safetensors").exists()
+    assert set(index) == {"neon", "random-7"} and (tmp_path / "random-7.safetensors").exists()
+    assert not (tmp_path / "random-7.lock").exists()
     assert index["random-7"]["prompt"] == f"a seven in {get_style('random-7').trigger} style"
-    assert index["random-7"]["training"]["seed"] == 1
+    assert index["random-7"]["training"]["seed"] == 2
+    assert json.loads((tmp_path / "index.json").read_text()).keys() == index.keys()
+
+
+def test_train_bank_cli_trains_the_named_styles_and_checks_names_first(random_world, tmp_path, capsys):
+    from autolora.cli import main
+
+    options = ["--base", str(random_world), "--steps", "1", "--batch-size", "1", "--images", "1"]
+    assert main(["world", "train-bank", str(tmp_path), "--styles", "random-3", "sepia", *options]) == 2
+    assert "unknown style 'sepia'" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main(["world", "train-bank", str(tmp_path), "--styles", "random-3", *options]) == 0
+    assert (tmp_path / "random-3.safetensors").exists() and "1 of 1 LoRAs trained" in capsys.readouterr().out

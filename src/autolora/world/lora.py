@@ -11,6 +11,7 @@ dataset layouts: Hugging Face ``imagefolder`` (``metadata.jsonl`` with ``file_na
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -215,6 +216,64 @@ def world_lora_prompt(style_name: str) -> str:
     return f"a {style.trigger}" if style.kind == "character" else f"a seven in {style.trigger} style"
 
 
+def _claim(lock: Path) -> bool:
+    """Create ``lock`` holding this process's id; False while another live process holds it.
+
+    A lock left by a process that no longer runs (a crashed worker) is taken over.
+    """
+    try:
+        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        holder = lock.read_text().strip()
+        if not holder:  # its writer has not written its id yet
+            return False
+        try:
+            os.kill(int(holder), 0)  # signal 0 only asks whether the process exists
+            return False
+        except ProcessLookupError:
+            lock.unlink(missing_ok=True)
+            return _claim(lock)
+        except PermissionError:  # it exists, under another user
+            return False
+    with os.fdopen(descriptor, "w") as file:
+        file.write(str(os.getpid()))
+    return True
+
+
+def _train_bank_entry(
+    pipeline: StableDiffusionPipeline,
+    name: str,
+    out_dir: Path,
+    config: LoRATrainingConfig,
+    images: int,
+    data_seed: int,
+) -> dict:
+    """Train the LoRA of style ``name`` into ``out_dir`` and return its index entry."""
+    style = get_style(name)
+    samples = sample_style(style, images, data_seed)
+    kohya_file = out_dir / f"{name}-kohya.safetensors" if name == KOHYA_LORA else None
+    result = train_lora(
+        pipeline,
+        [s.image for s in samples],
+        [s.caption for s in samples],
+        out_dir / f"{name}.safetensors",
+        config,
+        kohya_file=kohya_file,
+    )
+    return {
+        "kind": style.kind,
+        "style": name,
+        "digit": style.digit,
+        "trigger": style.trigger,
+        "prompt": world_lora_prompt(name),
+        "description": style.description,
+        "training": {**asdict(config), "images": images, "data_seed": data_seed},
+        "final_loss": round(result.final_loss, 5),
+        "cpu_seconds": round(result.cpu_seconds, 1),
+        "wall_seconds": round(result.wall_seconds, 1),
+    }
+
+
 def train_lora_bank(
     pipeline: StableDiffusionPipeline,
     style_names: list[str],
@@ -225,43 +284,31 @@ def train_lora_bank(
 ) -> dict[str, dict]:
     """One LoRA per style (named or ``random-<seed>``) into ``out_dir``, described in ``index.json``.
 
-    Resumable: the index is rewritten after every LoRA, and styles it already lists are skipped.
-    Style ``i`` trains on ``images`` renders drawn with seed ``seed + 100 + i`` and initialises its
-    LoRA with seed ``seed + i``.
+    Style ``i`` of the list trains on ``images`` renders drawn with seed ``seed + 100 + i`` and
+    initialises its LoRA with seed ``seed + i``. Each finished LoRA leaves ``<name>.json`` beside its
+    file, so a rerun skips it (resumable); a style being trained is claimed by ``<name>.lock``, so
+    several processes can train one bank in parallel. Returns the index of every finished LoRA.
     """
-    index_path = out_dir / "index.json"
-    index = read_json(index_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for offset, name in enumerate(style_names):
-        if name in index:
+        entry_path, lock = out_dir / f"{name}.json", out_dir / f"{name}.lock"
+        if entry_path.exists() or not _claim(lock):
             continue
-        style = get_style(name)
-        data_seed = seed + 100 + offset
-        samples = sample_style(style, images, data_seed)
         lora_config = replace(config, seed=seed + offset)
-        kohya_file = out_dir / f"{name}-kohya.safetensors" if name == KOHYA_LORA else None
-        result = train_lora(
-            pipeline,
-            [s.image for s in samples],
-            [s.caption for s in samples],
-            out_dir / f"{name}.safetensors",
-            lora_config,
-            kohya_file=kohya_file,
-        )
-        index[name] = {
-            "kind": style.kind,
-            "style": name,
-            "digit": style.digit,
-            "trigger": style.trigger,
-            "prompt": world_lora_prompt(name),
-            "description": style.description,
-            "training": {**asdict(lora_config), "images": images, "data_seed": data_seed},
-            "final_loss": round(result.final_loss, 5),
-            "cpu_seconds": round(result.cpu_seconds, 1),
-            "wall_seconds": round(result.wall_seconds, 1),
-        }
-        if kohya_file is not None:
-            index[f"{name}-kohya"] = {**index[name], "file": kohya_file.name, "format": "kohya"}
-        write_json(index_path, index)
+        entry = _train_bank_entry(pipeline, name, out_dir, lora_config, images, seed + 100 + offset)
+        write_json(entry_path, entry)
+        lock.unlink()
+    index = {}
+    for name in style_names:
+        if (out_dir / f"{name}.json").exists():
+            index[name] = read_json(out_dir / f"{name}.json")
+            if name == KOHYA_LORA:
+                index[f"{name}-kohya"] = {
+                    **index[name],
+                    "file": f"{name}-kohya.safetensors",
+                    "format": "kohya",
+                }
+    write_json(out_dir / "index.json", index)
     return index
 
 
