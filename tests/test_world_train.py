@@ -140,3 +140,12 @@ def test_fidelity_measures_every_style_of_a_tiny_world(tiny_world, tmp_path, cap
     assert all(math.isfinite(rows[name]["fd_ratio"]) and rows[name]["fd_ratio"] > 0 for name in STYLES)
     assert math.isnan(rows[fidelity.RANDOM_ROW]["render_style"])
     assert "| neon |" in capsys.readouterr().out and (tmp_path / "grid.png").exists()
+
+
+def test_study_runs_on_a_trained_world_folder(tiny_world):
+    from autolora.world.study import run_study
+
+    results = run_study(["neon"], [3], images=2, steps=1, gamma=1.5, world=tiny_world)
+    assert list(results["method"]) == ["base", "lora", "autolora"]
+    assert list(results["prompt"]) == ["a three", "a three in neon style", "a three in neon style"]
+    assert results[["diversity", "style_score", "digit_score"]].notna().all().all()
