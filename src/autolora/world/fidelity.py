@@ -10,7 +10,8 @@ Measured per style on renders of held-out digits, with the evaluators of ``DIR/e
   (style and digit accuracy), and the Fréchet distance (world features) between samples and
   held-out renders of the style, as a ratio to the distance between two held-out render sets.
 
-Unseen random styles (seeds from 0, never in ``RANDOM_TRAINING_SEEDS``) are reported as one row.
+Unseen random styles (seeds from 0, never in ``RANDOM_TRAINING_SEEDS``) are reported pooled and by
+texture.
 Writes a JSON file of the numbers, prints a markdown table, and optionally saves a grid of
 renders, reconstructions and samples per style.
 """
@@ -32,7 +33,15 @@ from PIL import Image
 
 from autolora.metrics.distribution import frechet_distance
 from autolora.world.evaluators import WorldEvaluators, load_evaluators
-from autolora.world.styles import DIGIT_NAMES, STYLES, Sample, get_style, random_style_names, sample_styles
+from autolora.world.styles import (
+    DIGIT_NAMES,
+    STYLES,
+    TEXTURES,
+    Sample,
+    get_style,
+    random_style_names,
+    sample_styles,
+)
 from autolora.world.training import images_to_tensor
 
 #: The row that pools the unseen random styles.
@@ -258,15 +267,20 @@ def main(argv: list[str] | None = None) -> int:
         measure_samples(rows, evaluators, args.world, renders, second, args.per_digit, args.steps)
     unseen = held_out_renders(random_style_names(range(args.random_styles)), 10, seed=9000)
     pooled = {RANDOM_ROW: [s for samples in unseen.values() for s in samples]}
-    random_row = measure_renders_and_vae(evaluators, vae, pooled)[0]
-    rows.append(random_row)
+    for texture in TEXTURES:
+        chosen = [
+            s for name, samples in unseen.items() if get_style(name).texture == texture for s in samples
+        ]
+        if chosen:
+            pooled[f"{RANDOM_ROW}, {texture}"] = chosen
+    rows += measure_renders_and_vae(evaluators, vae, pooled)
     args.json.write_text(
         json.dumps([{k: v for k, v in vars(r).items() if k != "grid"} for r in rows], indent=2) + "\n"
     )
     if args.grid is not None:
         save_grid(rows, args.grid)
     print(markdown(rows))
-    print(f"mean PSNR over named styles: {np.mean([r.psnr for r in rows[:-1]]):.1f} dB")
+    print(f"mean PSNR over named styles: {np.mean([r.psnr for r in rows[: len(STYLES)]]):.1f} dB")
     return 0
 
 
