@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "--world", type=Path, required=True, help="trained world (pipeline, loras, evaluators)"
     )
     parser.add_argument("--vae", type=Path, help="VAE folder (default: the world pipeline's)")
+    parser.add_argument("--evaluators", type=Path, help="evaluators folder (default: the world's)")
     parser.add_argument("--renders", type=int, default=100, help="held-out renders per style")
     parser.add_argument("--random-styles", type=int, default=30, help="unseen random styles (seeds 0..n-1)")
     parser.add_argument(
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("world-fidelity.json"))
     parser.add_argument("--grid", type=Path, help="PNG of renders, reconstructions and samples per style")
     args = parser.parse_args(argv)
-    evaluators = load_evaluators(args.world / "evaluators")
+    evaluators = load_evaluators(args.evaluators or args.world / "evaluators")
     vae_folder = args.vae or args.world / "pipeline" / "vae"
     vae = AutoencoderKL.from_pretrained(vae_folder).eval() if vae_folder.exists() else None
     renders = held_out_renders(list(STYLES), args.renders, seed=7000)
