@@ -225,7 +225,7 @@ def markdown(rows: Sequence[StyleRow]) -> str:
     return "\n".join(lines)
 
 
-def save_grid(rows: Sequence[StyleRow], path: Path, cell: int = 64) -> None:
+def save_grid(rows: Sequence[StyleRow], path: Path, cell: int = 48) -> None:
     """Per style, one line each of renders, reconstructions and samples, side by side."""
     from autolora.images import make_grid
 
