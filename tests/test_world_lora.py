@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -7,22 +10,22 @@ from safetensors.torch import load_file
 
 from autolora.errors import ConfigError, InputFileError
 from autolora.world import components
-from autolora.world.lora import read_image_folder, train_lora
+from autolora.world.lora import read_image_folder, train_lora, train_lora_bank
 from autolora.world.lora_config import LoRATrainingConfig
-from autolora.world.styles import sample_style
+from autolora.world.styles import get_style, sample_style
 
 
 @pytest.fixture(scope="module")
 def random_world(tmp_path_factory):
-    """The world's architecture with random weights, saved like the shipped pipeline."""
+    """The world's components at tiny sizes with random weights, saved like the shipped pipeline."""
     folder = tmp_path_factory.mktemp("pipeline")
     torch.manual_seed(0)
     tokenizer = components.build_tokenizer(folder / "tok")
     pipeline = StableDiffusionPipeline(
-        vae=components.build_vae(),
-        text_encoder=components.build_text_encoder(tokenizer),
+        vae=components.build_vae(components.TINY),
+        text_encoder=components.build_text_encoder(tokenizer, components.TINY),
         tokenizer=tokenizer,
-        unet=components.build_unet(),
+        unet=components.build_unet(components.TINY),
         scheduler=components.build_sample_scheduler(),
         safety_checker=None,
         feature_extractor=None,
@@ -85,3 +88,55 @@ def test_bad_folders_and_configs_raise_named_errors(tmp_path):
         read_image_folder(tmp_path)
     with pytest.raises(ConfigError, match="steps must be at least 1"):
         LoRATrainingConfig(steps=0)
+
+
+def test_metadata_line_that_is_not_json_is_named_with_file_and_line(tmp_path):
+    sample_style("outline", 1, seed=0)[0].image.save(tmp_path / "0.png")
+    good = json.dumps({"file_name": "0.png", "text": "a seven in outlined style"})
+    (tmp_path / "metadata.jsonl").write_text(f"{good}\n\n{{not json\n")
+    with pytest.raises(InputFileError, match=r"metadata\.jsonl, line 3: not JSON"):
+        read_image_folder(tmp_path)
+    (tmp_path / "metadata.jsonl").write_text(f'{good}\n["0.png"]\n')
+    with pytest.raises(InputFileError, match=r"line 2: needs an object with 'file_name' and 'text'"):
+        read_image_folder(tmp_path)
+
+
+def test_train_lora_cli_refuses_a_base_that_is_not_a_pipeline_before_training(tmp_path, capsys):
+    from autolora.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    sample_style("outline", 1, seed=0)[0].image.save(images / "0.png")
+    (images / "0.txt").write_text("a seven in outlined style")
+    out = tmp_path / "lora.safetensors"
+    assert main(["world", "train-lora", str(images), str(out), "--base", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such diffusers pipeline folder" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bank_resumes_and_leaves_styles_claimed_by_a_live_worker(random_world, tmp_path):
+    pipeline = StableDiffusionPipeline.from_pretrained(random_world, safety_checker=None)
+    config = LoRATrainingConfig(steps=1, batch_size=1)
+    first = train_lora_bank(pipeline, ["neon"], tmp_path, config, images=1, seed=0)
+    (tmp_path / "neon.safetensors").unlink()  # a finished style is not retrained, even without its file
+    (tmp_path / "chalk.lock").write_text(str(os.getpid()))  # claimed by a live process: this one
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    (tmp_path / "random-7.lock").write_text(finished.stdout.decode())  # claimed by a process that ended
+    index = train_lora_bank(pipeline, ["neon", "chalk", "random-7"], tmp_path, config, images=1, seed=0)
+    assert index["neon"]["final_loss"] == first["neon"]["final_loss"]
+    assert not (tmp_path / "neon.safetensors").exists() and not (tmp_path / "chalk.safetensors").exists()
+    assert set(index) == {"neon", "random-7"} and (tmp_path / "random-7.safetensors").exists()
+    assert not (tmp_path / "random-7.lock").exists()
+    assert index["random-7"]["prompt"] == f"a seven in {get_style('random-7').trigger} style"
+    assert index["random-7"]["training"]["seed"] == 2
+    assert json.loads((tmp_path / "index.json").read_text()).keys() == index.keys()
+
+
+def test_train_bank_cli_trains_the_named_styles_and_checks_names_first(random_world, tmp_path, capsys):
+    from autolora.cli import main
+
+    options = ["--base", str(random_world), "--steps", "1", "--batch-size", "1", "--images", "1"]
+    assert main(["world", "train-bank", str(tmp_path), "--styles", "random-3", "sepia", *options]) == 2
+    assert "unknown style 'sepia'" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main(["world", "train-bank", str(tmp_path), "--styles", "random-3", *options]) == 0
+    assert (tmp_path / "random-3.safetensors").exists() and "1 of 1 LoRAs trained" in capsys.readouterr().out

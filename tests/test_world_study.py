@@ -34,3 +34,9 @@ def test_bootstrap_interval_contains_the_mean_and_collapses_for_constants():
     assert bootstrap_ci(pd.Series([0.2] * 5).to_numpy()) == pytest.approx((0.2, 0.2))
     low, high = bootstrap_ci(pd.Series([0.0, 1.0, 0.5, 0.25]).to_numpy())
     assert low <= 0.4375 <= high
+
+
+def test_study_lists_the_shipped_style_loras_without_character_or_format_twins():
+    from autolora.world.study import style_loras
+
+    assert style_loras() == sorted(["neon", "outline", "stripes", "checker", "shadow", "chalk", "italic"])

@@ -3,7 +3,19 @@ import pytest
 
 from autolora.errors import ConfigError
 from autolora.world.components import build_tokenizer
-from autolora.world.styles import DIGIT_NAMES, IMAGE_SIZE, STYLES, Style, get_style, sample_style, vocabulary
+from autolora.world.styles import (
+    DIGIT_NAMES,
+    IMAGE_SIZE,
+    RANDOM_STYLES,
+    STYLES,
+    TEXTURES,
+    Style,
+    get_style,
+    random_style,
+    sample_style,
+    trigger_word,
+    vocabulary,
+)
 
 
 @pytest.mark.parametrize("name", list(STYLES))
@@ -53,3 +65,50 @@ def test_unknown_style_and_colour_raise_config_error():
         get_style("sepia")
     with pytest.raises(ConfigError, match="unknown colours"):
         Style("bad", "style", ink=("ultraviolet",), background=("white",))
+
+
+def test_random_styles_are_reproducible_distinct_and_reachable_by_name():
+    assert random_style(5) == random_style(5) == get_style("random-5")
+    styles = [random_style(seed) for seed in range(40)]
+    assert len({s.trigger for s in styles}) == 40 and len({s.ink for s in styles}) == 40
+    assert {s.texture for s in styles} == set(TEXTURES)
+    assert all(s.kind == "style" and s.name == f"random-{seed}" for seed, s in enumerate(styles))
+
+
+def test_trigger_words_are_a_bijection_of_the_seed_range():
+    assert len({trigger_word(seed) for seed in range(RANDOM_STYLES)}) == RANDOM_STYLES
+    with pytest.raises(ConfigError, match="random style seeds run from 0"):
+        trigger_word(RANDOM_STYLES)
+
+
+def test_random_style_ink_keeps_contrast_with_its_paper():
+    for seed in range(30):
+        style = random_style(seed)
+        papers = [*style.background, *style.texture_colour]
+        luminance = [np.dot(colour, (0.299, 0.587, 0.114)) for colour in papers]
+        ink = np.dot(style.ink[0], (0.299, 0.587, 0.114))
+        assert all(abs(ink - value) >= 0.3 - 1e-3 for value in luminance)
+
+
+def test_random_style_renders_its_own_colours_and_captions_its_trigger():
+    style = random_style(2)
+    samples = sample_style("random-2", 4, seed=0)
+    assert all(s.caption.endswith(f"in {style.trigger} style") for s in samples)
+    corner = np.asarray(samples[0].image, dtype=np.float32)[:3, :3].reshape(-1, 3) / 255
+    # The corner is paper: the background or texture colour, up to the colour jitter.
+    papers = np.asarray([*style.background, *style.texture_colour])
+    assert np.abs(corner.mean(0)[None] - papers).max(axis=1).min() < 0.25
+
+
+def test_random_style_prompts_fit_the_context_and_keep_their_trigger(tmp_path):
+    tokenizer = build_tokenizer(tmp_path)
+    for seed in (0, 1, RANDOM_STYLES - 1):
+        prompt = f"a seven in {trigger_word(seed)} style"
+        ids = tokenizer(prompt).input_ids
+        assert len(ids) <= tokenizer.model_max_length
+        assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == prompt.replace(" ", "")
+
+
+def test_rgb_colours_outside_the_unit_cube_raise_config_error():
+    with pytest.raises(ConfigError, match="three values in"):
+        Style("bad", "style", ink=((1.2, 0.0, 0.0),), background=("white",))

@@ -2,11 +2,13 @@
 
 The same classes and folder layout as Stable Diffusion 1.x (CLIP text encoder and tokenizer,
 ``AutoencoderKL``, ``UNet2DConditionModel``, a multistep solver), only small enough to train on
-two CPU cores: 32x32 RGB images, 8x8x4 latents.
+two CPU cores: 32x32 RGB images, 8x8 latents with 16 channels (as SD3 and Flux, where SD1.x has 4).
+``Architecture`` holds every size, so tests build the same components at a tiny scale.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
@@ -18,8 +20,6 @@ from autolora.world.tokenizer import build_clip_tokenizer
 #: Captions are a handful of words, so a short context keeps the text encoder small.
 MAX_TOKENS = 16
 TEXT_DIM = 64
-LATENT_CHANNELS = 4
-LATENT_SIZE = IMAGE_SIZE // 4
 
 #: Stable Diffusion 1.x's noise schedule, so the world shares SD's timestep semantics.
 SCHEDULE = {
@@ -37,13 +37,46 @@ def build_tokenizer(folder: str | Path) -> CLIPTokenizer:
     return build_clip_tokenizer(vocabulary(), folder, model_max_length=MAX_TOKENS)
 
 
-def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    """A two-layer CLIP text transformer whose vocabulary and special tokens match ``tokenizer``."""
+@dataclass(frozen=True)
+class Architecture:
+    """The sizes of the world's networks."""
+
+    text_layers: int = 2
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    #: 16 channels keep textures and thin strokes through the 4x downsampling (4 channels blur them).
+    latent_channels: int = 16
+    unet_channels: tuple[int, ...] = (64, 128)
+    unet_layers: int = 2
+    attention_head_dim: int = 8
+    norm_groups: int = 16
+
+    @property
+    def latent_size(self) -> int:
+        """Side of the latent: each VAE level after the first halves the image."""
+        return IMAGE_SIZE // 2 ** (len(self.vae_channels) - 1)
+
+
+#: The shipped world.
+FULL = Architecture()
+#: The same component types at the smallest useful sizes, for tests.
+TINY = Architecture(
+    text_layers=1,
+    vae_channels=(8, 8, 8),
+    latent_channels=4,
+    unet_channels=(16, 16),
+    unet_layers=1,
+    attention_head_dim=4,
+    norm_groups=8,
+)
+
+
+def build_text_encoder(tokenizer: CLIPTokenizer, architecture: Architecture = FULL) -> CLIPTextModel:
+    """A small CLIP text transformer whose vocabulary and special tokens match ``tokenizer``."""
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=TEXT_DIM,
         intermediate_size=2 * TEXT_DIM,
-        num_hidden_layers=2,
+        num_hidden_layers=architecture.text_layers,
         num_attention_heads=4,
         max_position_embeddings=MAX_TOKENS,
         projection_dim=TEXT_DIM,
@@ -54,34 +87,36 @@ def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def build_vae() -> AutoencoderKL:
-    """A KL autoencoder that maps 32x32 RGB to 8x8x4 latents (two downsamplings)."""
+def build_vae(architecture: Architecture = FULL) -> AutoencoderKL:
+    """A KL autoencoder from 32x32 RGB to ``latent_size`` x ``latent_size`` x ``latent_channels`` latents."""
+    levels = len(architecture.vae_channels)
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=architecture.vae_channels,
         layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=16,
+        latent_channels=architecture.latent_channels,
+        norm_num_groups=architecture.norm_groups,
         sample_size=IMAGE_SIZE,
     )
 
 
-def build_unet() -> UNet2DConditionModel:
-    """A two-level conditional UNet with cross-attention (LoRA's targets) at both levels."""
+def build_unet(architecture: Architecture = FULL) -> UNet2DConditionModel:
+    """A conditional UNet with cross-attention (LoRA's targets) at every level."""
+    levels = len(architecture.unet_channels)
     return UNet2DConditionModel(
-        sample_size=LATENT_SIZE,
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        attention_head_dim=4,
+        sample_size=architecture.latent_size,
+        in_channels=architecture.latent_channels,
+        out_channels=architecture.latent_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * levels,
+        up_block_types=("CrossAttnUpBlock2D",) * levels,
+        block_out_channels=architecture.unet_channels,
+        layers_per_block=architecture.unet_layers,
+        attention_head_dim=architecture.attention_head_dim,
         cross_attention_dim=TEXT_DIM,
-        norm_num_groups=16,
+        norm_num_groups=architecture.norm_groups,
     )
 
 

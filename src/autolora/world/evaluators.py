@@ -1,8 +1,9 @@
 """The miniature world's evaluators: digit and style classifiers and a diversity feature extractor.
 
 The paper measures prompt correspondence with CLIP, style adherence with a judge and
-diversity with DINOv2 features. Here three small networks, trained on rendered digits with
-held-out digits for accuracy, play those parts:
+diversity with DINOv2 features. Here three small networks, trained on clean renders of training
+digits (no augmentation that would forgive blur) with held-out digits for accuracy, play those
+parts:
 
 * ``world:digit`` (image metric): ``digit_pred`` and ``digit_score``, the probability of the
   prompted digit (from ``meta["digit"]`` or a digit word in ``meta["prompt"]``);
@@ -22,7 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from PIL import Image
@@ -33,23 +34,31 @@ from autolora.errors import ConfigError, InputFileError
 from autolora.metrics.features import FeatureExtractor, register_extractor
 from autolora.metrics.registry import ImageRecord, Metric, register_metric
 from autolora.world.assets import ASSETS_DIR
-from autolora.world.styles import DIGIT_NAMES, IMAGE_SIZE, STYLES, sample_style
-from autolora.world.training import StageResult, images_to_tensor, run_stage, write_json
+from autolora.world.styles import (
+    DIGIT_NAMES,
+    IMAGE_SIZE,
+    RANDOM_TRAINING_SEEDS,
+    STYLES,
+    random_style_names,
+    sample_styles,
+)
+from autolora.world.training import StageResult, images_to_tensor, run_stage, training_device, write_json
+
+if TYPE_CHECKING:
+    from autolora.world.train import Plan
 
 EVALUATORS_DIR = ASSETS_DIR / "evaluators"
-WIDTH = 16
 FEATURE_DIM = 32
-TRAIN_STEPS = 1500
-BATCH = 64
-TRAIN_RENDERS = {"base": 2400, **{name: 400 for name in STYLES if name != "base"}}
-HELD_OUT_RENDERS = 150
 
 
 class ConvNet(nn.Module):
-    """Three strided convolutions and global average pooling to ``out_dim`` outputs."""
+    """Three strided convolutions, then a linear head on the 4x4 feature map (or its average)."""
 
-    def __init__(self, out_dim: int, width: int = WIDTH) -> None:
+    def __init__(self, out_dim: int, width: int, pool: Literal["flatten", "average"] = "flatten") -> None:
         super().__init__()
+        # Flattening keeps where strokes are (a six is a rotated nine); averaging, used by the first
+        # shipped evaluators, keeps only what is there.
+        pooled = [nn.Flatten()] if pool == "flatten" else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.body = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1),
             nn.SiLU(),
@@ -59,10 +68,10 @@ class ConvNet(nn.Module):
             nn.SiLU(),
             nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1),
             nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
+            *pooled,
         )
-        self.head = nn.Linear(4 * width, out_dim)
+        cells = (IMAGE_SIZE // 8) ** 2 if pool == "flatten" else 1
+        self.head = nn.Linear(4 * width * cells, out_dim)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(pixels))
@@ -71,7 +80,7 @@ class ConvNet(nn.Module):
 class Decoder(nn.Module):
     """Maps a feature code back to a 32x32 image; only used to train the feature extractor."""
 
-    def __init__(self, in_dim: int = FEATURE_DIM, width: int = WIDTH) -> None:
+    def __init__(self, in_dim: int, width: int) -> None:
         super().__init__()
         self.width = width
         self.project = nn.Linear(in_dim, 4 * width * 4 * 4)
@@ -88,43 +97,70 @@ class Decoder(nn.Module):
         return self.body(self.project(code).view(-1, 4 * self.width, 4, 4))
 
 
-def _augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Blur half of the batch: generated images are softer than renders."""
-    blurred = nn.functional.avg_pool2d(pixels, 3, stride=1, padding=1, count_include_pad=False)
-    chosen = torch.rand(len(pixels), generator=generator) < 0.5
-    return torch.where(chosen[:, None, None, None], blurred, pixels)
-
-
 def _dataset(
-    split: str, counts: Mapping[str, int], seed: int
+    counts: Mapping[str, int], seed: int, split: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixels, digits and style labels (index into ``STYLES``; -1 for random styles) of renders."""
     style_names = list(STYLES)
-    samples = [
-        s for i, (name, n) in enumerate(counts.items()) for s in sample_style(name, n, seed + i, split=split)
-    ]
+    samples = sample_styles(dict(counts), seed, split=split)
     pixels = images_to_tensor([s.image for s in samples])
     digits = torch.tensor([s.digit for s in samples])
-    styles = torch.tensor([style_names.index(s.style) for s in samples])
+    styles = torch.tensor([style_names.index(s.style) if s.style in STYLES else -1 for s in samples])
     return pixels, digits, styles
 
 
-def train_evaluators(out: Path, seed: int, work: Path) -> tuple[StageResult, dict[str, float]]:
-    """Stage 4: train the three networks on training digits; held-out accuracy on the others."""
-    pixels, digits, styles = _dataset("train", TRAIN_RENDERS, seed + 1000)
-    torch.manual_seed(seed)
-    digit_net, style_net = ConvNet(len(DIGIT_NAMES)), ConvNet(len(STYLES))
-    encoder, decoder = ConvNet(FEATURE_DIM), Decoder()
-    modules = {"digit": digit_net, "style": style_net, "encoder": encoder, "decoder": decoder}
+def training_counts(plan: Plan) -> dict[str, int]:
+    """Renders per style for the evaluators: every named style and the random training styles."""
+    per_style = plan.evaluator_renders_per_style
+    counts = {name: 6 * per_style if name == "base" else per_style for name in STYLES}
+    seeds = RANDOM_TRAINING_SEEDS[: plan.random_styles]
+    return counts | dict.fromkeys(random_style_names(seeds), plan.evaluator_renders_per_random_style)
 
-    # Three independent objectives summed: each network only receives its own gradient.
+
+def held_out_accuracy(evaluators: WorldEvaluators, plan: Plan, seed: int) -> dict[str, float]:
+    """Accuracy on renders of held-out digits: named styles (digit, style) and unseen random styles (digit).
+
+    The random styles are seeds ``0 .. plan.held_out_random_styles - 1``, outside ``RANDOM_TRAINING_SEEDS``.
+    """
+    pixels, digits, styles = _dataset(dict.fromkeys(STYLES, plan.held_out_renders), seed, "held_out")
+    seeds = range(plan.held_out_random_styles)
+    counts = dict.fromkeys(random_style_names(seeds), plan.held_out_renders_per_random_style)
+    random_pixels, random_digits, _ = _dataset(counts, seed + 100, "held_out")
+    with torch.no_grad():
+        return {
+            "digit": float((evaluators.digit(pixels).argmax(1) == digits).float().mean()),
+            "style": float((evaluators.style(pixels).argmax(1) == styles).float().mean()),
+            "digit_random_styles": float(
+                (evaluators.digit(random_pixels).argmax(1) == random_digits).float().mean()
+            ),
+        }
+
+
+def train_evaluators(out: Path, work: Path, plan: Plan, seed: int) -> tuple[StageResult, dict[str, float]]:
+    """Stage 2: train the three networks on clean renders of training digits; held-out accuracy on the others."""
+    device = training_device()
+    pixels, digits, styles = (t.to(device) for t in _dataset(training_counts(plan), seed + 1000, "train"))
+    named = (styles >= 0).nonzero().squeeze(1)
+    width = plan.evaluator_width
+    torch.manual_seed(seed)
+    digit_net, style_net = ConvNet(len(DIGIT_NAMES), width), ConvNet(len(STYLES), width)
+    encoder, decoder = ConvNet(FEATURE_DIM, width), Decoder(FEATURE_DIM, width)
+    modules = {"digit": digit_net, "style": style_net, "encoder": encoder, "decoder": decoder}
+    for module in modules.values():
+        module.to(device)
+    batch_size = plan.evaluator_batch
+
+    # Three independent objectives summed: each network only receives its own gradient. The style
+    # classifier sees named styles only: a random style is not one of its classes.
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(len(pixels), (BATCH,), generator=generator)
-        batch = _augment(pixels[index], generator)
+        index = torch.randint(len(pixels), (batch_size,), generator=generator).to(device)
+        named_index = named[torch.randint(len(named), (batch_size,), generator=generator).to(device)]
+        batch = pixels[index]
         cross_entropy = nn.functional.cross_entropy
         return (
             cross_entropy(digit_net(batch), digits[index])
-            + cross_entropy(style_net(batch), styles[index])
-            + nn.functional.mse_loss(decoder(encoder(batch)), pixels[index])
+            + cross_entropy(style_net(pixels[named_index]), styles[named_index])
+            + nn.functional.mse_loss(decoder(encoder(batch)), batch)
         )
 
     parameters = [p for module in modules.values() for p in module.parameters()]
@@ -133,20 +169,18 @@ def train_evaluators(out: Path, seed: int, work: Path) -> tuple[StageResult, dic
         modules,
         parameters,
         loss_fn,
-        steps=TRAIN_STEPS,
+        steps=plan.evaluator_steps,
         seed=seed,
         learning_rate=2e-3,
         checkpoint=work / "evaluators.ckpt",
+        warmup=min(100, plan.evaluator_steps),
     )
+    for module in modules.values():
+        module.to("cpu")
     with torch.no_grad():
-        mean_code = torch.cat([encoder(chunk) for chunk in pixels.split(512)]).mean(0)
-        held_pixels, held_digits, held_styles = _dataset(
-            "held_out", dict.fromkeys(STYLES, HELD_OUT_RENDERS), seed + 2000
-        )
-        accuracy = {
-            "digit": float((digit_net(held_pixels).argmax(1) == held_digits).float().mean()),
-            "style": float((style_net(held_pixels).argmax(1) == held_styles).float().mean()),
-        }
+        mean_code = torch.cat([encoder(chunk) for chunk in pixels.cpu().split(512)]).mean(0)
+    evaluators = WorldEvaluators(digit_net, style_net, encoder, mean_code, list(STYLES))
+    accuracy = held_out_accuracy(evaluators, plan, seed + 2000)
     state = {f"digit.{k}": v for k, v in digit_net.state_dict().items()}
     state |= {f"style.{k}": v for k, v in style_net.state_dict().items()}
     state |= {f"features.{k}": v for k, v in encoder.state_dict().items()}
@@ -155,11 +189,13 @@ def train_evaluators(out: Path, seed: int, work: Path) -> tuple[StageResult, dic
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, out_dir / "evaluators.safetensors")
     config = {
-        "width": WIDTH,
+        "width": width,
+        "pool": "flatten",
         "feature_dim": FEATURE_DIM,
         "styles": list(STYLES),
         "held_out_accuracy": accuracy,
-        "held_out_images": HELD_OUT_RENDERS * len(STYLES),
+        "held_out_images": plan.held_out_renders * len(STYLES),
+        "held_out_random_style_images": plan.held_out_renders_per_random_style * plan.held_out_random_styles,
     }
     write_json(out_dir / "evaluators.json", config)
     return result, accuracy
@@ -212,7 +248,7 @@ def load_evaluators(folder: Path = EVALUATORS_DIR) -> WorldEvaluators:
         ("style", len(config["styles"])),
         ("features", config["feature_dim"]),
     ):
-        network = ConvNet(out_dim, config["width"])
+        network = ConvNet(out_dim, config["width"], config.get("pool", "average"))
         network.load_state_dict(
             {
                 k.removeprefix(f"{prefix}."): v
@@ -226,12 +262,24 @@ def load_evaluators(folder: Path = EVALUATORS_DIR) -> WorldEvaluators:
     )
 
 
+def _load(folder: str | None) -> WorldEvaluators:
+    """The evaluators in ``folder`` (a trained world's ``evaluators`` folder), or the shipped ones."""
+    return load_evaluators(Path(folder)) if folder is not None else load_evaluators()
+
+
 @register_extractor("world")
 class WorldFeatureExtractor(FeatureExtractor):
-    """Centred codes of the miniature world's autoencoder (the DINOv2 analogue for diversity)."""
+    """Centred codes of the miniature world's autoencoder (the DINOv2 analogue for diversity).
+
+    Option ``evaluators``: a folder of trained evaluators instead of the shipped ones; any other
+    option name is refused when the extractor is created.
+    """
+
+    def __init__(self, evaluators: str | None = None) -> None:
+        super().__init__(**({"evaluators": evaluators} if evaluators is not None else {}))
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return load_evaluators().features(images)
+        return _load(self.options.get("evaluators")).features(images)
 
 
 _DIGIT_WORDS = re.compile(r"\b(" + "|".join(DIGIT_NAMES) + r")\b", re.IGNORECASE)
@@ -247,9 +295,15 @@ def prompted_digit(meta: Mapping[str, Any]) -> int | None:
 
 @register_metric("world:digit")
 class WorldDigitMetric(Metric):
-    """Prompt correspondence: the probability that the image shows the prompted digit."""
+    """Prompt correspondence: the probability that the image shows the prompted digit.
+
+    Option ``evaluators``: a folder of trained evaluators instead of the shipped ones.
+    """
 
     level = "image"
+
+    def __init__(self, evaluators: str | None = None) -> None:
+        super().__init__(**({"evaluators": evaluators} if evaluators is not None else {}))
 
     def compute(
         self,
@@ -258,7 +312,7 @@ class WorldDigitMetric(Metric):
         reference: Sequence[ImageRecord] | None = None,
         inputs: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        probabilities = load_evaluators().digit_probabilities([r.image for r in records])
+        probabilities = _load(self.options.get("evaluators")).digit_probabilities([r.image for r in records])
         rows = []
         for record, p in zip(records, probabilities, strict=True):
             digit = prompted_digit(record.meta)
@@ -269,9 +323,17 @@ class WorldDigitMetric(Metric):
 
 @register_metric("world:style")
 class WorldStyleMetric(Metric):
-    """Style adherence (or character presence): the probability of the target style."""
+    """Style adherence (or character presence): the probability of the target style.
+
+    Options: ``style``, the target when an image's metadata names none; ``evaluators``, a folder of
+    trained evaluators instead of the shipped ones.
+    """
 
     level = "image"
+
+    def __init__(self, style: str | None = None, evaluators: str | None = None) -> None:
+        options = {"style": style, "evaluators": evaluators}
+        super().__init__(**{k: v for k, v in options.items() if v is not None})
 
     def compute(
         self,
@@ -280,7 +342,7 @@ class WorldStyleMetric(Metric):
         reference: Sequence[ImageRecord] | None = None,
         inputs: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        evaluators = load_evaluators()
+        evaluators = _load(self.options.get("evaluators"))
         probabilities = evaluators.style_probabilities([r.image for r in records])
         rows = []
         for record, p in zip(records, probabilities, strict=True):

@@ -11,11 +11,12 @@ dataset layouts: Hugging Face ``imagefolder`` (``metadata.jsonl`` with ``file_na
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import os
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -25,10 +26,37 @@ from safetensors.torch import save_file
 from autolora.errors import ConfigError, InputFileError
 from autolora.lora import to_kohya_state_dict
 from autolora.world.lora_config import LoRATrainingConfig
-from autolora.world.styles import STYLES, sample_style
-from autolora.world.training import StageResult, encode_captions, images_to_tensor, run_stage, write_json
+from autolora.world.styles import STYLES, get_style, sample_style
+from autolora.world.training import (
+    StageResult,
+    denoising_loss,
+    draw_latents,
+    encode_captions,
+    images_to_tensor,
+    read_json,
+    run_stage,
+    write_json,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _read_metadata(metadata: Path) -> list[tuple[str, str]]:
+    """``(file_name, text)`` of each line of an imagefolder ``metadata.jsonl``; a bad line is named."""
+    rows = []
+    for number, line in enumerate(metadata.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append((str(row["file_name"]), str(row["text"])))
+        except json.JSONDecodeError as error:
+            raise InputFileError(f"{metadata}, line {number}: not JSON ({error.msg})") from None
+        except (KeyError, TypeError):
+            raise InputFileError(
+                f"{metadata}, line {number}: needs an object with 'file_name' and 'text'"
+            ) from None
+    return rows
 
 
 def read_image_folder(folder: str | Path) -> tuple[list[Image.Image], list[str]]:
@@ -38,13 +66,7 @@ def read_image_folder(folder: str | Path) -> tuple[list[Image.Image], list[str]]
         raise InputFileError(f"image folder {folder} does not exist")
     metadata = folder / "metadata.jsonl"
     if metadata.exists():
-        rows = [json.loads(line) for line in metadata.read_text().splitlines() if line.strip()]
-        try:
-            pairs = [(folder / row["file_name"], str(row["text"])) for row in rows]
-        except KeyError as error:
-            raise InputFileError(
-                f"{metadata}: every line needs 'file_name' and 'text' ({error} missing)"
-            ) from None
+        pairs = [(folder / name, text) for name, text in _read_metadata(metadata)]
     else:
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         missing = [p.name for p in files if not p.with_suffix(".txt").exists()]
@@ -64,40 +86,41 @@ def read_image_folder(folder: str | Path) -> tuple[list[Image.Image], list[str]]
     return images, [text for _, text in pairs]
 
 
-def train_lora(
-    pipeline: str | Path | StableDiffusionPipeline,
-    images: list[Image.Image],
-    captions: list[str],
-    out_file: str | Path,
-    config: LoRATrainingConfig | None = None,
-    kohya_file: str | Path | None = None,
-) -> StageResult:
-    """Train a UNet LoRA on ``images``/``captions`` and save it to ``out_file`` (diffusers format).
-
-    With ``kohya_file`` the same weights are also written with kohya keys (A1111, ComfyUI, civitai).
-    """
-    config = config or LoRATrainingConfig()
-    if len(images) != len(captions) or not images:
-        raise ConfigError(
-            f"LoRA training needs one caption per image, got {len(images)} images, {len(captions)}"
+def check_base_pipeline(folder: str | Path) -> Path:
+    """``folder`` if it holds a diffusers pipeline (``model_index.json``), else ``InputFileError``."""
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise InputFileError(
+            f"base pipeline {folder}: no such diffusers pipeline folder (model_index.json missing)"
         )
-    if not isinstance(pipeline, StableDiffusionPipeline):
-        pipeline = StableDiffusionPipeline.from_pretrained(str(pipeline), safety_checker=None)
-    unet, vae, text_encoder, tokenizer = (
-        pipeline.unet,
-        pipeline.vae,
-        pipeline.text_encoder,
-        pipeline.tokenizer,
-    )
-    scheduler = pipeline.scheduler
-    # Train with the forward process of DDPM whatever sampler the pipeline ships with.
-    noise_schedule = DDPMScheduler.from_config(scheduler.config)
-    for module in (unet, vae, text_encoder):
-        module.requires_grad_(False)
-    size = unet.config.sample_size * pipeline.vae_scale_factor
-    with torch.no_grad():
-        posterior = vae.encode(images_to_tensor([im.resize((size, size)) for im in images])).latent_dist
-        hidden = text_encoder(encode_captions(tokenizer, captions))[0]
+    return folder
+
+
+@dataclass
+class EncodedImages:
+    """Training images as VAE posteriors and their captions as text-encoder hidden states."""
+
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    hidden_states: torch.Tensor
+    scaling: float
+
+
+@torch.no_grad()
+def encode_images(
+    pipeline: StableDiffusionPipeline, images: list[Image.Image], captions: list[str]
+) -> EncodedImages:
+    """Encode ``images`` (resized to the pipeline's resolution) and ``captions`` once, before training."""
+    size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    pixels = images_to_tensor([image.resize((size, size)) for image in images])
+    posterior = pipeline.vae.encode(pixels).latent_dist
+    hidden = pipeline.text_encoder(encode_captions(pipeline.tokenizer, captions))[0]
+    return EncodedImages(posterior.mean, posterior.std, hidden, pipeline.vae.config.scaling_factor)
+
+
+def add_lora(unet: UNet2DConditionModel, config: LoRATrainingConfig) -> list[torch.nn.Parameter]:
+    """Freeze ``unet``, add a seeded peft LoRA adapter ``default`` to it; returns the LoRA's parameters."""
+    unet.requires_grad_(False)
     torch.manual_seed(config.seed)  # the LoRA's initial weights
     unet.add_adapter(
         LoraConfig(
@@ -107,36 +130,13 @@ def train_lora(
             target_modules=list(config.target_modules),
         )
     )
-    trainable = [p for p in unet.parameters() if p.requires_grad]
-    scaling = vae.config.scaling_factor
+    return [p for p in unet.parameters() if p.requires_grad]
 
-    def loss_fn(generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(len(images), (config.batch_size,), generator=generator)
-        shape = posterior.mean[index].shape
-        latents = (
-            posterior.mean[index] + posterior.std[index] * torch.randn(shape, generator=generator)
-        ) * scaling
-        noise = torch.randn(shape, generator=generator)
-        timesteps = torch.randint(
-            noise_schedule.config.num_train_timesteps, (len(index),), generator=generator
-        )
-        prediction = unet(
-            noise_schedule.add_noise(latents, noise, timesteps), timesteps, hidden[index]
-        ).sample
-        return torch.nn.functional.mse_loss(prediction, noise)
 
-    result = run_stage(
-        "lora",
-        {},
-        trainable,
-        loss_fn,
-        steps=config.steps,
-        seed=config.seed,
-        learning_rate=config.learning_rate,
-        checkpoint_every=config.steps,
-        weight_decay=0.0,
-    )
-    out_file = Path(out_file)
+def save_lora(
+    unet: UNet2DConditionModel, out_file: Path, config: LoRATrainingConfig, kohya_file: Path | None = None
+) -> None:
+    """Write the UNet's ``default`` adapter in diffusers format and, with ``kohya_file``, with kohya keys."""
     peft_state = get_peft_model_state_dict(unet)
     StableDiffusionPipeline.save_lora_weights(
         out_file.parent,
@@ -151,61 +151,176 @@ def train_lora(
             key.removesuffix(".lora_A.weight"): alpha for key in prefixed if key.endswith(".lora_A.weight")
         }
         save_file(to_kohya_state_dict(prefixed, alphas), str(kohya_file))
+
+
+def train_lora(
+    pipeline: str | Path | StableDiffusionPipeline,
+    images: list[Image.Image],
+    captions: list[str],
+    out_file: str | Path,
+    config: LoRATrainingConfig | None = None,
+    kohya_file: str | Path | None = None,
+) -> StageResult:
+    """Train a UNet LoRA on ``images``/``captions`` and save it to ``out_file`` (diffusers format).
+
+    The loss is the base model's (``autolora.world.training.denoising_loss``), on the forward process
+    of DDPM whatever sampler the pipeline ships with. With ``kohya_file`` the same weights are also
+    written with kohya keys (A1111, ComfyUI, civitai).
+    """
+    config = config or LoRATrainingConfig()
+    if len(images) != len(captions) or not images:
+        raise ConfigError(
+            f"LoRA training needs one caption per image, got {len(images)} images, {len(captions)}"
+        )
+    if not isinstance(pipeline, StableDiffusionPipeline):
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            str(check_base_pipeline(pipeline)), safety_checker=None
+        )
+    pipeline.vae.requires_grad_(False)
+    pipeline.text_encoder.requires_grad_(False)
+    encoded = encode_images(pipeline, images, captions)
+    unet = pipeline.unet
+    noise_schedule = DDPMScheduler.from_config(pipeline.scheduler.config)
+    trainable = add_lora(unet, config)
+
+    def loss_fn(generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(len(images), (config.batch_size,), generator=generator)
+        latents = draw_latents(
+            encoded.latent_mean[index], encoded.latent_std[index], encoded.scaling, generator
+        )
+        return denoising_loss(unet, noise_schedule, latents, encoded.hidden_states[index], generator)
+
+    result = run_stage(
+        "lora",
+        {},
+        trainable,
+        loss_fn,
+        steps=config.steps,
+        seed=config.seed,
+        learning_rate=config.learning_rate,
+        checkpoint_every=config.steps,
+        weight_decay=0.0,
+    )
+    save_lora(unet, Path(out_file), config, Path(kohya_file) if kohya_file is not None else None)
     unet.delete_adapters("default")
     return result
 
 
-#: Images per world LoRA: few-shot, like a community LoRA trained on a couple dozen pictures.
-WORLD_LORA_IMAGES = 24
 #: The world LoRA also shipped in kohya format, as ``<name>-kohya``.
 KOHYA_LORA = "outline"
 
 
 def world_lora_prompt(style_name: str) -> str:
     """A prompt that exercises the world LoRA of ``style_name``."""
-    style = STYLES[style_name]
+    style = get_style(style_name)
     return f"a {style.trigger}" if style.kind == "character" else f"a seven in {style.trigger} style"
 
 
-def train_world_loras(out: Path, seed: int) -> StageResult:
-    """Stage 3: one LoRA per non-base style into ``out/loras``, described in ``loras/index.json``."""
-    pipeline = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
-    index, total = {}, StageResult(0, 0.0, 0.0, 0.0)
-    names = [name for name, style in STYLES.items() if style.kind != "base"]
-    for offset, name in enumerate(names):
-        style = STYLES[name]
-        samples = sample_style(name, WORLD_LORA_IMAGES, seed + 100 + offset)
-        config = LoRATrainingConfig(seed=seed + offset)
-        kohya_file = out / "loras" / f"{name}-kohya.safetensors" if name == KOHYA_LORA else None
-        result = train_lora(
-            pipeline,
-            [s.image for s in samples],
-            [s.caption for s in samples],
-            out / "loras" / f"{name}.safetensors",
-            config,
-            kohya_file=kohya_file,
-        )
-        index[name] = {
-            "kind": style.kind,
-            "style": name,
-            "digit": style.digit,
-            "trigger": style.trigger,
-            "prompt": world_lora_prompt(name),
-            "description": style.description,
-            "training": {**asdict(config), "images": WORLD_LORA_IMAGES, "data_seed": seed + 100 + offset},
-            "final_loss": round(result.final_loss, 5),
-            "cpu_seconds": round(result.cpu_seconds, 1),
-        }
-        total = StageResult(
-            total.steps + result.steps,
-            result.final_loss,
-            total.cpu_seconds + result.cpu_seconds,
-            total.wall_seconds + result.wall_seconds,
-        )
-    index[f"{KOHYA_LORA}-kohya"] = {
-        **index[KOHYA_LORA],
-        "file": f"{KOHYA_LORA}-kohya.safetensors",
-        "format": "kohya",
+def _claim(lock: Path) -> bool:
+    """Create ``lock`` holding this process's id; False while another live process holds it.
+
+    A lock left by a process that no longer runs (a crashed worker) is taken over.
+    """
+    try:
+        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        holder = lock.read_text().strip()
+        if not holder:  # its writer has not written its id yet
+            return False
+        try:
+            os.kill(int(holder), 0)  # signal 0 only asks whether the process exists
+            return False
+        except ProcessLookupError:
+            lock.unlink(missing_ok=True)
+            return _claim(lock)
+        except PermissionError:  # it exists, under another user
+            return False
+    with os.fdopen(descriptor, "w") as file:
+        file.write(str(os.getpid()))
+    return True
+
+
+def _train_bank_entry(
+    pipeline: StableDiffusionPipeline,
+    name: str,
+    out_dir: Path,
+    config: LoRATrainingConfig,
+    images: int,
+    data_seed: int,
+) -> dict:
+    """Train the LoRA of style ``name`` into ``out_dir`` and return its index entry."""
+    style = get_style(name)
+    samples = sample_style(style, images, data_seed)
+    kohya_file = out_dir / f"{name}-kohya.safetensors" if name == KOHYA_LORA else None
+    result = train_lora(
+        pipeline,
+        [s.image for s in samples],
+        [s.caption for s in samples],
+        out_dir / f"{name}.safetensors",
+        config,
+        kohya_file=kohya_file,
+    )
+    return {
+        "kind": style.kind,
+        "style": name,
+        "digit": style.digit,
+        "trigger": style.trigger,
+        "prompt": world_lora_prompt(name),
+        "description": style.description,
+        "training": {**asdict(config), "images": images, "data_seed": data_seed},
+        "final_loss": round(result.final_loss, 5),
+        "cpu_seconds": round(result.cpu_seconds, 1),
+        "wall_seconds": round(result.wall_seconds, 1),
     }
-    write_json(out / "loras" / "index.json", index)
-    return total
+
+
+def train_lora_bank(
+    pipeline: StableDiffusionPipeline,
+    style_names: list[str],
+    out_dir: Path,
+    config: LoRATrainingConfig,
+    images: int,
+    seed: int,
+) -> dict[str, dict]:
+    """One LoRA per style (named or ``random-<seed>``) into ``out_dir``, described in ``index.json``.
+
+    Style ``i`` of the list trains on ``images`` renders drawn with seed ``seed + 100 + i`` and
+    initialises its LoRA with seed ``seed + i``. Each finished LoRA leaves ``<name>.json`` beside its
+    file, so a rerun skips it (resumable); a style being trained is claimed by ``<name>.lock``, so
+    several processes can train one bank in parallel. Returns the index of every finished LoRA.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for offset, name in enumerate(style_names):
+        entry_path, lock = out_dir / f"{name}.json", out_dir / f"{name}.lock"
+        if entry_path.exists() or not _claim(lock):
+            continue
+        lora_config = replace(config, seed=seed + offset)
+        entry = _train_bank_entry(pipeline, name, out_dir, lora_config, images, seed + 100 + offset)
+        write_json(entry_path, entry)
+        lock.unlink()
+    index = {}
+    for name in style_names:
+        if (out_dir / f"{name}.json").exists():
+            index[name] = read_json(out_dir / f"{name}.json")
+            if name == KOHYA_LORA:
+                index[f"{name}-kohya"] = {
+                    **index[name],
+                    "file": f"{name}-kohya.safetensors",
+                    "format": "kohya",
+                }
+    write_json(out_dir / "index.json", index)
+    return index
+
+
+def train_world_loras(out: Path, config: LoRATrainingConfig, images: int, seed: int) -> StageResult:
+    """Stage 4: one LoRA per non-base named style into ``out/loras``, described in ``loras/index.json``."""
+    pipeline = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
+    names = [name for name, style in STYLES.items() if style.kind != "base"]
+    index = train_lora_bank(pipeline, names, out / "loras", config, images, seed)
+    trained = [index[name] for name in names]
+    return StageResult(
+        steps=sum(entry["training"]["steps"] for entry in trained),
+        final_loss=trained[-1]["final_loss"],
+        cpu_seconds=sum(entry["cpu_seconds"] for entry in trained),
+        wall_seconds=sum(entry["wall_seconds"] for entry in trained),
+    )

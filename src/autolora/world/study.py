@@ -9,6 +9,7 @@ Means over prompts come with 95% bootstrap confidence intervals.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -16,30 +17,46 @@ import numpy as np
 import pandas as pd
 
 from autolora.metrics.diversity import diversity
-from autolora.world.assets import WORLD_CFG, available_loras, lora_info
+from autolora.world.assets import ASSETS_DIR, WORLD_CFG
 from autolora.world.evaluators import load_evaluators
-from autolora.world.styles import DIGIT_NAMES, STYLES
+from autolora.world.styles import DIGIT_NAMES, get_style
 
 METHODS = ("base", "lora", "autolora")
 
 
+def style_loras(world: Path = ASSETS_DIR) -> list[str]:
+    """The style LoRAs (not the character, not format twins) of the world in ``world``."""
+    index = json.loads((world / "loras" / "index.json").read_text())
+    return sorted(name for name, entry in index.items() if entry["kind"] == "style" and "format" not in entry)
+
+
 def run_study(
-    loras: list[str], digits: list[int], images: int, steps: int, gamma: float, seed: int = 0
+    loras: list[str],
+    digits: list[int],
+    images: int,
+    steps: int,
+    gamma: float,
+    seed: int = 0,
+    world: Path = ASSETS_DIR,
 ) -> pd.DataFrame:
-    """One row per (LoRA, digit, method): diversity, style score and digit score of ``images`` samples."""
+    """One row per (LoRA, digit, method): diversity, style score and digit score of ``images`` samples.
+
+    ``world`` is a trained world folder (pipeline, loras, evaluators); the shipped one by default.
+    """
     from autolora.lora import load_lora
     from autolora.pipelines import generate, load_pipeline
 
-    evaluators = load_evaluators()
+    evaluators = load_evaluators(world / "evaluators")
+    index = json.loads((world / "loras" / "index.json").read_text())
     rows = []
     for name in loras:
-        info = lora_info(name)
-        pipe = load_pipeline("world")
-        load_lora(pipe, f"world:{name}")
+        style = get_style(index[name]["style"])
+        pipe = load_pipeline(str(world / "pipeline"))
+        load_lora(pipe, str(world / "loras" / index[name].get("file", f"{name}.safetensors")))
         for digit in digits:
             word = DIGIT_NAMES[digit]
             for method in METHODS:
-                prompt = f"a {word}" if method == "base" else f"a {word} in {info.trigger} style"
+                prompt = f"a {word}" if method == "base" else f"a {word} in {style.trigger} style"
                 batch = generate(
                     pipe,
                     prompt,
@@ -52,7 +69,7 @@ def run_study(
                     num_images=images,
                     progress=False,
                 )
-                style_p = evaluators.style_probabilities(batch)[:, evaluators.styles.index(info.style)]
+                style_p = evaluators.style_probabilities(batch)[:, evaluators.styles.index(style.name)]
                 rows.append(
                     {
                         "lora": name,
@@ -103,15 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m autolora.world.study", description=__doc__.splitlines()[0]
     )
-    styles = [n for n in available_loras() if n in STYLES and lora_info(n).kind == "style"]
-    parser.add_argument("--loras", nargs="+", default=styles)
+    parser.add_argument(
+        "--world", type=Path, default=ASSETS_DIR, help="trained world (default: the shipped one)"
+    )
+    parser.add_argument("--loras", nargs="+", help="LoRA names (default: every style LoRA of the world)")
     parser.add_argument("--digits", nargs="+", type=int, default=[0, 2, 3, 5, 7])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--gamma", type=float, default=1.5)
     parser.add_argument("--csv", type=Path, default=Path("world-study.csv"))
     args = parser.parse_args(argv)
-    results = run_study(args.loras, args.digits, args.images, args.steps, args.gamma)
+    loras = args.loras or style_loras(args.world)
+    results = run_study(loras, args.digits, args.images, args.steps, args.gamma, world=args.world)
     results.to_csv(args.csv, index=False)
     print(summarise(results).to_string(index=False))
     return 0

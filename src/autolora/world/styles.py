@@ -8,7 +8,10 @@ image, while different seeds give the natural variety that diversity metrics mea
 
 The ``base`` style is what the base model learns, with its attributes named in captions
 ("a bold red seven on yellow"); the others are unseen by the base model and are what the
-few-shot LoRAs learn, reached through their trigger words.
+few-shot LoRAs learn, reached through their trigger words. Beside the named styles,
+``random_style(seed)`` draws a style from a continuous space (colours, texture and its
+parameters, effects, slant, rotation and weight ranges), each with its own trigger word: the
+domains of a LoRA bank, and of styles no network of the world has seen.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 WEIGHTS: dict[str, float] = {"thin": 0.62, "regular": 0.40, "bold": 0.16}
 
 Texture = Literal["solid", "stripes", "checker", "noise", "gradient"]
+TEXTURES: tuple[Texture, ...] = ("solid", "stripes", "checker", "noise", "gradient")
+#: A colour is a name from ``COLOURS`` or an RGB triple in [0, 1].
+Colour = str | tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -61,11 +67,18 @@ class Style:
 
     name: str
     kind: Literal["base", "style", "character"]
-    ink: tuple[str, ...]
-    background: tuple[str, ...]
+    ink: tuple[Colour, ...]
+    background: tuple[Colour, ...]
     weight: tuple[str, ...] = ("thin", "regular", "bold")
     texture: Texture = "solid"
-    texture_colour: tuple[str, ...] = ()
+    texture_colour: tuple[Colour, ...] = ()
+    #: Stripes: direction of the stripes' normal in degrees and period in pixels, each drawn from a range.
+    stripe_angle: tuple[float, float] = (45.0, 45.0)
+    stripe_period: tuple[float, float] = (3.5, 5.0)
+    #: Checkerboard: cell size in pixels, drawn from a range.
+    checker_size: tuple[float, float] = (3.5, 5.0)
+    #: Noise texture: standard deviation of the per-pixel mix between background and texture colour.
+    noise_level: float = 0.35
     slant: tuple[float, float] = (-0.15, 0.15)
     rotation: tuple[float, float] = (-10.0, 10.0)
     scale: tuple[float, float] = (0.85, 1.05)
@@ -81,9 +94,12 @@ class Style:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        unknown = [c for c in (*self.ink, *self.background, *self.texture_colour) if c not in COLOURS]
+        colours = (*self.ink, *self.background, *self.texture_colour)
+        unknown = [c for c in colours if isinstance(c, str) and c not in COLOURS]
         if unknown:
             raise ConfigError(f"style {self.name!r}: unknown colours {unknown}; known: {sorted(COLOURS)}")
+        if any(not isinstance(c, str) and (len(c) != 3 or not all(0 <= v <= 1 for v in c)) for c in colours):
+            raise ConfigError(f"style {self.name!r}: RGB colours need three values in [0, 1]")
         if any(w not in WEIGHTS for w in self.weight):
             raise ConfigError(f"style {self.name!r}: weights must be among {sorted(WEIGHTS)}")
         if self.texture != "solid" and not self.texture_colour:
@@ -193,12 +209,102 @@ STYLES: dict[str, Style] = {
 }
 
 
+RANDOM_PREFIX = "random-"
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+_SYLLABLES = [c + v for c in _CONSONANTS for v in _VOWELS]
+#: Trigger words are three syllables, so there are this many distinct random styles.
+RANDOM_STYLES = len(_SYLLABLES) ** 3
+#: The random styles the VAE and evaluators train on; styles of other seeds are never seen by any
+#: network of the world until a LoRA is trained on one.
+RANDOM_TRAINING_SEEDS = range(100_000, 200_000)
+
+
+def trigger_word(seed: int) -> str:
+    """The made-up three-syllable word that names random style ``seed``; distinct seeds, distinct words.
+
+    Trigger words are not in the world's vocabulary: like a rare word in SD's tokenizer, each one
+    tokenizes into pieces (here its letters) whose embeddings the base model never trained.
+    """
+    if not 0 <= seed < RANDOM_STYLES:
+        raise ConfigError(f"random style seeds run from 0 to {RANDOM_STYLES - 1}, got {seed}")
+    # An affine bijection of the seed range, so neighbouring seeds do not share their first syllables.
+    code = (seed * 104_729 + 12_345) % RANDOM_STYLES
+    n = len(_SYLLABLES)
+    return _SYLLABLES[code // n**2] + _SYLLABLES[code // n % n] + _SYLLABLES[code % n]
+
+
+def _luminance(rgb: np.ndarray) -> float:
+    return float(rgb @ np.array([0.299, 0.587, 0.114]))
+
+
+def _palette(rng: np.random.Generator, textured: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Background, texture and ink colours, uniform in RGB, redrawn until the digit stays legible.
+
+    The ink's luminance differs from the background's and the texture's by at least 0.3, and the
+    texture is at least 0.25 away from the background in RGB, so that it shows.
+    """
+    while True:
+        background, texture, ink = rng.uniform(0.0, 1.0, (3, 3))
+        papers = (background, texture) if textured else (background,)
+        legible = all(abs(_luminance(ink) - _luminance(paper)) >= 0.3 for paper in papers)
+        if legible and (not textured or np.linalg.norm(texture - background) >= 0.25):
+            return background, texture, ink
+
+
+def random_style(seed: int) -> Style:
+    """A style drawn from the continuous style space, named ``random-<seed>`` with its own trigger word.
+
+    Background, texture and ink colours are uniform in RGB with enough luminance contrast between
+    ink and paper to keep the digit legible; the texture (solid, stripes with angle and period,
+    checker with cell size, noise, gradient), the effects (outline, shadow, glow) and the ranges of
+    slant, rotation, scale and stroke weight are drawn too.
+    """
+    rng = np.random.default_rng([seed, 0x5EED])
+    texture = TEXTURES[rng.integers(len(TEXTURES))]
+    background, texture_colour, ink = _palette(rng, textured=texture != "solid")
+    slant, rotation = rng.uniform(-0.5, 0.5), rng.uniform(-20.0, 20.0)
+    first_weight = rng.integers(len(WEIGHTS))
+    weights = tuple(WEIGHTS)[first_weight : first_weight + rng.integers(1, 3)]
+    outline, shadow, glow = (bool(flag) for flag in rng.random(3) < 0.25)
+    outline = outline and not glow  # a glowing outline would hide the hollow stroke
+    period, cell = rng.uniform(3.0, 7.0), rng.uniform(3.0, 7.0)
+    effects = [name for name, on in (("outline", outline), ("shadow", shadow), ("glow", glow)) if on]
+
+    def rgb(colour: np.ndarray) -> tuple[float, float, float]:
+        return tuple(round(float(v), 3) for v in colour)
+
+    return Style(
+        f"{RANDOM_PREFIX}{seed}",
+        "style",
+        ink=(rgb(ink),),
+        background=(rgb(background),),
+        weight=weights,
+        texture=texture,
+        texture_colour=(rgb(texture_colour),) if texture != "solid" else (),
+        stripe_angle=(a := rng.uniform(0.0, 180.0), a),
+        stripe_period=(period, period * 1.2),
+        checker_size=(cell, cell * 1.2),
+        noise_level=rng.uniform(0.15, 0.4),
+        slant=(slant - 0.08, slant + 0.08),
+        rotation=(rotation - 8.0, rotation + 8.0),
+        outline=outline,
+        shadow=shadow,
+        glow=glow,
+        trigger=trigger_word(seed),
+        description=f"random style {seed}: {texture} background" + "".join(f", {e}" for e in effects),
+    )
+
+
 def get_style(name: str) -> Style:
-    """The style called ``name``; unknown names raise ``ConfigError`` listing the known ones."""
+    """The style called ``name``: a named style or ``random-<seed>``; unknown names raise ``ConfigError``."""
+    if name.startswith(RANDOM_PREFIX) and name.removeprefix(RANDOM_PREFIX).isdigit():
+        return random_style(int(name.removeprefix(RANDOM_PREFIX)))
     try:
         return STYLES[name]
     except KeyError:
-        raise ConfigError(f"unknown style {name!r}; available: {', '.join(STYLES)}") from None
+        raise ConfigError(
+            f"unknown style {name!r}; available: {', '.join(STYLES)} or {RANDOM_PREFIX}<seed>"
+        ) from None
 
 
 @functools.cache
@@ -252,8 +358,9 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def _colour(name: str, jitter: float, rng: np.random.Generator) -> np.ndarray:
-    return np.clip(np.asarray(COLOURS[name]) + rng.normal(0.0, jitter, 3), 0.0, 1.0)
+def _colour(colour: Colour, jitter: float, rng: np.random.Generator) -> np.ndarray:
+    rgb = COLOURS[colour] if isinstance(colour, str) else colour
+    return np.clip(np.asarray(rgb) + rng.normal(0.0, jitter, 3), 0.0, 1.0)
 
 
 def _glyph(digit_image: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray:
@@ -286,18 +393,20 @@ def _background(style: Style, colour: np.ndarray, rng: np.random.Generator) -> n
     other = _colour(style.texture_colour[0], style.colour_jitter, rng)
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     if style.texture == "stripes":
-        period = rng.uniform(10, 14)
-        mask = (np.sin((x + y + rng.uniform(0, period)) * 2 * np.pi / period) > 0).astype(np.float32)
+        period = rng.uniform(*style.stripe_period) * _SUPERSAMPLE
+        angle = np.deg2rad(rng.uniform(*style.stripe_angle))
+        across = np.cos(angle) * x + np.sin(angle) * y + rng.uniform(0, period)
+        mask = (np.sin(across * 2 * np.pi / period) > 0).astype(np.float32)
     elif style.texture == "checker":
-        cell = rng.integers(7, 10)
-        phase = rng.integers(0, cell, 2)
+        cell = rng.uniform(*style.checker_size) * _SUPERSAMPLE
+        phase = rng.uniform(0, cell, 2)
         mask = (((x + phase[0]) // cell + (y + phase[1]) // cell) % 2).astype(np.float32)
     elif style.texture == "gradient":
         angle = rng.uniform(0, 2 * np.pi)
         ramp = (np.cos(angle) * (x - size / 2) + np.sin(angle) * (y - size / 2)) / size + 0.5
         mask = np.clip(ramp, 0.0, 1.0)
     else:  # noise
-        mask = np.clip(rng.normal(0.5, 0.35, (size, size)), 0.0, 1.0)
+        mask = np.clip(rng.normal(0.5, style.noise_level, (size, size)), 0.0, 1.0)
         other = np.clip(other * 1.6, 0.0, 1.0)
     return canvas * (1 - mask[..., None]) + other * mask[..., None]
 
@@ -345,13 +454,13 @@ class Sample:
 
 
 def sample_style(
-    style_name: str, count: int, seed: int, *, split: Literal["train", "held_out", "all"] = "train"
+    style: str | Style, count: int, seed: int, *, split: Literal["train", "held_out", "all"] = "train"
 ) -> list[Sample]:
-    """``count`` images of one style from random digits of ``split``, reproducible from ``seed``.
+    """``count`` images of one style (or style name) from random digits of ``split``, reproducible from ``seed``.
 
     A character style only draws its own digit.
     """
-    style = get_style(style_name)
+    style = get_style(style) if isinstance(style, str) else style
     images, labels = load_digits()
     indices = [
         i
@@ -367,3 +476,17 @@ def sample_style(
         digit = int(labels[index])
         samples.append(Sample(image, caption(style, digit, attributes, rng), digit, style.name, int(index)))
     return samples
+
+
+def sample_styles(
+    counts: dict[str, int], seed: int, *, split: Literal["train", "held_out", "all"] = "train"
+) -> list[Sample]:
+    """``counts[name]`` images of each style name (named or ``random-<seed>``), each style its own seed."""
+    return [
+        s for i, (name, n) in enumerate(counts.items()) for s in sample_style(name, n, seed + i, split=split)
+    ]
+
+
+def random_style_names(seeds: range) -> list[str]:
+    """The names ``random-<seed>`` of the random styles of ``seeds``."""
+    return [f"{RANDOM_PREFIX}{seed}" for seed in seeds]

@@ -37,11 +37,11 @@ def write_clip_tokenizer(words: Iterable[str], folder: str | Path, model_max_len
     vocab: dict[str, int] = {}
     for token in [*chars, *(c + "</w>" for c in chars)]:
         vocab.setdefault(token, len(vocab))
-    merges: list[tuple[str, str]] = []
+    merges: dict[tuple[str, str], None] = {}  # ordered and with constant-time membership
     for word in sorted({w.lower() for w in words if len(w) > 1}):
         for pair in _merges_for(word):
             if pair not in merges:
-                merges.append(pair)
+                merges[pair] = None
                 vocab.setdefault(pair[0] + pair[1], len(vocab))
     for token in SPECIAL_TOKENS:
         vocab.setdefault(token, len(vocab))

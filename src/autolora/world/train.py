@@ -2,13 +2,16 @@
 
 Stages, each seeded, checkpointed under ``--work`` and skipped once recorded in the manifest:
 
-1. ``vae``: the KL autoencoder on every style (a general image codec, like SD's VAE).
-2. ``base``: text encoder and UNet together on the ``base`` style only, with 10% caption
+1. ``vae``: the KL autoencoder on every named style and on random styles (a general image codec,
+   like SD's VAE).
+2. ``evaluators``: digit and style classifiers and the diversity feature extractor, on clean
+   renders (they do not need the VAE, so the VAE's fidelity can be measured before the UNet).
+3. ``base``: text encoder and UNet together on the ``base`` style only, with 10% caption
    dropout so classifier-free guidance works; the pipeline is saved with ``save_pretrained``.
-3. ``loras``: one few-shot LoRA per unseen style and the character (see ``autolora.world.lora``).
-4. ``evaluators``: digit and style classifiers and the diversity feature extractor.
+4. ``loras``: one few-shot LoRA per unseen style and the character (see ``autolora.world.lora``).
 
-CPU and wall time of every stage go into ``assets/manifest.json``.
+Training uses CUDA when present and the CPU otherwise; CPU and wall time of every stage go into
+``manifest.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import logging
 import platform
 import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import diffusers
@@ -26,114 +30,182 @@ from diffusers.training_utils import EMAModel
 
 from autolora.world import components
 from autolora.world.assets import ASSETS_DIR
-from autolora.world.styles import STYLES, Sample, is_held_out, load_digits, sample_style
+from autolora.world.lora_config import LoRATrainingConfig
+from autolora.world.styles import (
+    RANDOM_TRAINING_SEEDS,
+    STYLES,
+    is_held_out,
+    load_digits,
+    random_style_names,
+    sample_style,
+    sample_styles,
+)
 from autolora.world.training import (
     StageResult,
+    denoising_loss,
+    draw_latents,
     encode_captions,
     images_to_tensor,
     read_json,
     run_stage,
+    training_device,
     write_json,
 )
 
 logger = logging.getLogger("autolora.world.train")
 
 ASSETS = ASSETS_DIR
-STAGES = ("vae", "base", "loras", "evaluators")
-VAE_STEPS = 500
-BASE_STEPS = 6000
-VAE_BATCH = 32
-BASE_BATCH = 32
+STAGES = ("vae", "evaluators", "base", "loras")
 CAPTION_DROPOUT = 0.1
-#: Renders per training digit for the base model, and per style for the VAE.
-BASE_RENDERS_PER_DIGIT = 4
-VAE_RENDERS_PER_STYLE = 400
 
 
-def train_vae(work: Path, seed: int, steps: int) -> tuple[AutoencoderKL, StageResult]:
-    """Stage 1: reconstruction plus a small KL term; sets ``scaling_factor`` to unit latent variance."""
-    samples = [
-        s for i, name in enumerate(STYLES) for s in sample_style(name, VAE_RENDERS_PER_STYLE, seed + i)
-    ]
-    pixels = images_to_tensor([s.image for s in samples])
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything each stage trains on, and for how long."""
+
+    architecture: components.Architecture = components.FULL
+    vae_steps: int = 3000
+    vae_batch: int = 32
+    #: Renders per named style, and random training styles with ``renders_per_random_style`` each.
+    vae_renders_per_style: int = 400
+    random_styles: int = 2000
+    renders_per_random_style: int = 2
+    #: Weight of the L1 loss on image gradients that keeps edges and textures sharp.
+    vae_edge_weight: float = 0.5
+    base_steps: int = 12000
+    base_batch: int = 32
+    #: Renders per training digit for the base model.
+    base_renders_per_digit: int = 4
+    lora_images: int = 24
+    lora: LoRATrainingConfig = field(default_factory=LoRATrainingConfig)
+    evaluator_steps: int = 6000
+    evaluator_batch: int = 64
+    evaluator_width: int = 32
+    #: Renders per named style for the evaluators (the base style, which varies most, gets 6x), and per
+    #: random training style.
+    evaluator_renders_per_style: int = 400
+    evaluator_renders_per_random_style: int = 4
+    #: Held-out digits rendered per named style, and unseen random styles (seeds from 0) with their renders,
+    #: on which the evaluators' accuracy is measured.
+    held_out_renders: int = 150
+    held_out_random_styles: int = 50
+    held_out_renders_per_random_style: int = 10
+
+
+#: A plan small enough for the test suite: every stage runs a few steps on a few renders.
+TINY_PLAN = Plan(
+    architecture=components.TINY,
+    vae_steps=2,
+    vae_batch=4,
+    vae_renders_per_style=2,
+    random_styles=2,
+    renders_per_random_style=1,
+    base_steps=2,
+    base_batch=4,
+    base_renders_per_digit=1,
+    lora_images=2,
+    lora=LoRATrainingConfig(steps=2, batch_size=2),
+    evaluator_steps=2,
+    evaluator_batch=4,
+    evaluator_width=4,
+    evaluator_renders_per_style=2,
+    evaluator_renders_per_random_style=1,
+    held_out_renders=2,
+    held_out_random_styles=2,
+    held_out_renders_per_random_style=2,
+)
+
+
+def vae_training_renders(plan: Plan, seed: int) -> torch.Tensor:
+    """Renders of every named style and of ``plan.random_styles`` random training styles, in [-1, 1]."""
+    counts = dict.fromkeys(STYLES, plan.vae_renders_per_style)
+    seeds = RANDOM_TRAINING_SEEDS[: plan.random_styles]
+    counts |= dict.fromkeys(random_style_names(seeds), plan.renders_per_random_style)
+    return images_to_tensor([s.image for s in sample_styles(counts, seed)])
+
+
+def edge_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of horizontal and vertical image gradients: penalises blurred edges."""
+    loss = torch.zeros((), device=target.device)
+    for dim in (-1, -2):
+        loss = loss + (reconstruction.diff(dim=dim) - target.diff(dim=dim)).abs().mean()
+    return loss
+
+
+def train_vae(work: Path, plan: Plan, seed: int) -> tuple[AutoencoderKL, StageResult]:
+    """Stage 1: reconstruction (MSE + edge term) plus a small KL term; ``scaling_factor`` for unit variance."""
+    device = training_device()
+    pixels = vae_training_renders(plan, seed).to(device)
     torch.manual_seed(seed)
-    vae = components.build_vae()
+    vae = components.build_vae(plan.architecture).to(device)
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
-        batch = pixels[torch.randint(len(pixels), (VAE_BATCH,), generator=generator)]
+        batch = pixels[torch.randint(len(pixels), (plan.vae_batch,), generator=generator).to(device)]
         posterior = vae.encode(batch).latent_dist
-        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
-        reconstruction = vae.decode(latents).sample
+        reconstruction = vae.decode(draw_latents(posterior.mean, posterior.std, 1.0, generator)).sample
         kl_per_element = posterior.kl().mean() / posterior.mean[0].numel()
-        return torch.nn.functional.mse_loss(reconstruction, batch) + 1e-4 * kl_per_element
+        mse = torch.nn.functional.mse_loss(reconstruction, batch)
+        return mse + plan.vae_edge_weight * edge_loss(reconstruction, batch) + 1e-4 * kl_per_element
 
     result = run_stage(
         "vae",
         {"vae": vae},
         vae.parameters(),
         loss_fn,
-        steps=steps,
+        steps=plan.vae_steps,
         seed=seed,
         learning_rate=1e-3,
         checkpoint=work / "vae.ckpt",
         checkpoint_every=50,
+        warmup=min(100, plan.vae_steps),
     )
     with torch.no_grad():
         means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels[:2048].split(256)])
     vae.register_to_config(scaling_factor=float(1.0 / means.std()))
-    vae.save_pretrained(work / "vae")
+    vae.to("cpu").save_pretrained(work / "vae")
     return vae, result
 
 
-def train_base(work: Path, out: Path, seed: int, steps: int) -> StageResult:
-    """Stage 2: text encoder and UNet on latents of the base style; saves the pipeline to ``out``."""
-    vae = AutoencoderKL.from_pretrained(work / "vae")
+def train_base(work: Path, out: Path, plan: Plan, seed: int) -> StageResult:
+    """Stage 3: text encoder and UNet on latents of the base style; saves the pipeline to ``out``."""
+    device = training_device()
+    vae = AutoencoderKL.from_pretrained(work / "vae").to(device)
     tokenizer = components.build_tokenizer(work / "tokenizer")
     torch.manual_seed(seed)
-    text_encoder = components.build_text_encoder(tokenizer)
-    unet = components.build_unet()
-    scheduler = components.build_train_scheduler()
+    text_encoder = components.build_text_encoder(tokenizer, plan.architecture).to(device)
+    unet = components.build_unet(plan.architecture).to(device)
+    noise_schedule = components.build_train_scheduler()
     train_digits = sum(not is_held_out(i) for i in range(len(load_digits()[1])))
-    samples: list[Sample] = sample_style("base", BASE_RENDERS_PER_DIGIT * train_digits, seed)
-    token_ids = encode_captions(tokenizer, [s.caption for s in samples])
-    empty_ids = encode_captions(tokenizer, [""])
+    samples = sample_style("base", plan.base_renders_per_digit * train_digits, seed)
+    token_ids = encode_captions(tokenizer, [s.caption for s in samples]).to(device)
+    empty_ids = encode_captions(tokenizer, [""]).to(device)
     with torch.no_grad():
-        posteriors = [
-            vae.encode(chunk).latent_dist for chunk in images_to_tensor([s.image for s in samples]).split(512)
-        ]
+        pixels = images_to_tensor([s.image for s in samples]).to(device)
+        posteriors = [vae.encode(chunk).latent_dist for chunk in pixels.split(512)]
     latent_mean = torch.cat([p.mean for p in posteriors])
     latent_std = torch.cat([p.std for p in posteriors])
-    scaling = vae.config.scaling_factor
     parameters = [*unet.parameters(), *text_encoder.parameters()]
     ema = EMAModel(parameters, decay=0.999)
 
-    # Standard epsilon-prediction objective (DDPM), conditioned on CLIP hidden states as in SD.
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(len(samples), (BASE_BATCH,), generator=generator)
-        noise_shape = latent_mean[index].shape
-        latents = (
-            latent_mean[index] + latent_std[index] * torch.randn(noise_shape, generator=generator)
-        ) * scaling
-        dropped = torch.rand(BASE_BATCH, generator=generator) < CAPTION_DROPOUT
+        index = torch.randint(len(samples), (plan.base_batch,), generator=generator).to(device)
+        dropped = (torch.rand(plan.base_batch, generator=generator) < CAPTION_DROPOUT).to(device)
         tokens = torch.where(dropped[:, None], empty_ids, token_ids[index])
-        noise = torch.randn(noise_shape, generator=generator)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (BASE_BATCH,), generator=generator)
-        prediction = unet(
-            scheduler.add_noise(latents, noise, timesteps), timesteps, text_encoder(tokens)[0]
-        ).sample
-        return torch.nn.functional.mse_loss(prediction, noise)
+        latents = draw_latents(latent_mean[index], latent_std[index], vae.config.scaling_factor, generator)
+        return denoising_loss(unet, noise_schedule, latents, text_encoder(tokens)[0], generator)
 
     result = run_stage(
         "base",
         {"unet": unet, "text_encoder": text_encoder},
         parameters,
         loss_fn,
-        steps=steps,
+        steps=plan.base_steps,
         seed=seed,
         learning_rate=5e-4,
         checkpoint=work / "base.ckpt",
         checkpoint_every=100,
         ema=ema,
+        warmup=min(200, plan.base_steps),
     )
     ema.copy_to(parameters)
     pipeline = StableDiffusionPipeline(
@@ -146,11 +218,16 @@ def train_base(work: Path, out: Path, seed: int, steps: int) -> StageResult:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    # The UNet and VAE are stored in half precision to halve the shipped size (the budget is 25 MB):
+    # diffusers loads them as float32. The text encoder stays float32, since transformers would load
+    # a float16 one as float16.
+    pipeline.to("cpu")
+    unet.half(), vae.half()
     pipeline.save_pretrained(out / "pipeline", safe_serialization=True)
     return result
 
 
-def _record(out: Path, stage: str, seed: int, result: StageResult, **extra: object) -> None:
+def _record(out: Path, plan: Plan, stage: str, seed: int, result: StageResult, **extra: object) -> None:
     manifest_path = out / "manifest.json"
     manifest = read_json(manifest_path)
     manifest.setdefault("stages", {})[stage] = {
@@ -166,13 +243,17 @@ def _record(out: Path, stage: str, seed: int, result: StageResult, **extra: obje
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "machine": platform.machine(),
+        "device": str(training_device()),
         "torch_threads": torch.get_num_threads(),
     }
     manifest["command"] = "python -m autolora.world.train all"
+    manifest["plan"] = asdict(plan)
     write_json(manifest_path, manifest)
 
 
-def run(stages: list[str], work: Path, out: Path, seed: int, force: bool = False) -> None:
+def run(
+    stages: list[str], work: Path, out: Path, seed: int, force: bool = False, plan: Plan = Plan()
+) -> None:
     """Run ``stages`` in order, skipping those the manifest already records (unless ``force``)."""
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,23 +263,23 @@ def run(stages: list[str], work: Path, out: Path, seed: int, force: bool = False
             continue
         logger.info("%s: training", stage)
         if stage == "vae":
-            vae, result = train_vae(work, seed, VAE_STEPS)
-            _record(out, stage, seed, result, scaling_factor=vae.config.scaling_factor)
+            vae, result = train_vae(work, plan, seed)
+            _record(out, plan, stage, seed, result, scaling_factor=vae.config.scaling_factor)
         elif stage == "base":
-            _record(out, stage, seed, train_base(work, out, seed, BASE_STEPS))
+            _record(out, plan, stage, seed, train_base(work, out, plan, seed))
         elif stage == "loras":
             from autolora.world.lora import train_world_loras
 
-            _record(out, stage, seed, train_world_loras(out, seed))
+            _record(out, plan, stage, seed, train_world_loras(out, plan.lora, plan.lora_images, seed))
         else:
             from autolora.world.evaluators import train_evaluators
 
-            result, accuracy = train_evaluators(out, seed, work)
-            _record(out, stage, seed, result, held_out_accuracy=accuracy)
+            result, accuracy = train_evaluators(out, work, plan, seed)
+            _record(out, plan, stage, seed, result, held_out_accuracy=accuracy)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m autolora.world.train {all,vae,base,loras,evaluators}``."""
+    """Command line: ``python -m autolora.world.train {all,vae,evaluators,base,loras}``."""
     parser = argparse.ArgumentParser(
         prog="python -m autolora.world.train", description=__doc__.splitlines()[0]
     )

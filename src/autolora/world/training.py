@@ -1,9 +1,13 @@
-"""A resumable, seeded training loop shared by every stage of the miniature world.
+"""A resumable, seeded training loop shared by every stage of the miniature world, and its one loss.
 
 Each stage is a loss function of a batch drawn with a ``torch.Generator``; the loop saves the
 modules, the optimiser, the generator state and the step to one checkpoint file every few
 steps, so an interrupted stage continues exactly where it stopped and a rerun with the same
-seed gives the same weights.
+seed gives the same weights. Random draws stay on the CPU generator and move to the training
+device afterwards, so a CUDA run draws the same batches and noise as a CPU run.
+
+``denoising_loss`` is the epsilon-prediction objective of DDPM that trains both the base
+model's UNet and every LoRA.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +31,7 @@ from transformers import CLIPTokenizer
 from autolora.images import atomic_write_bytes
 
 if TYPE_CHECKING:  # diffusers' training utilities take seconds to import; only training needs them
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import EMAModel
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,19 @@ class StageResult:
     wall_seconds: float
 
 
+def training_device() -> torch.device:
+    """CUDA when present (training only; the shipped world runs on CPU), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def learning_rate_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine decay to 10% at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+
 def run_stage(
     name: str,
     modules: dict[str, nn.Module],
@@ -54,18 +73,23 @@ def run_stage(
     checkpoint_every: int = 200,
     ema: EMAModel | None = None,
     weight_decay: float = 1e-2,
+    warmup: int = 0,
 ) -> StageResult:
-    """Train ``modules`` for ``steps`` AdamW steps on ``loss_fn``, resuming from ``checkpoint`` if present."""
+    """Train ``modules`` for ``steps`` AdamW steps on ``loss_fn``, resuming from ``checkpoint`` if present.
+
+    With ``warmup`` > 0 the learning rate warms up and then decays (``learning_rate_factor``);
+    with 0 it stays constant.
+    """
     parameters = list(parameters)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     start, spent_cpu, spent_wall, loss_value = 0, 0.0, 0.0, float("nan")
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=parameters[0].device)
         for key, module in modules.items():
             module.load_state_dict(state["modules"][key])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())
         if ema is not None:
             ema.load_state_dict(state["ema"])
         start, spent_cpu, spent_wall = state["step"], state["cpu_seconds"], state["wall_seconds"]
@@ -76,6 +100,9 @@ def run_stage(
     cpu0, wall0 = time.process_time(), time.perf_counter()
     running, count = 0.0, 0
     for step in range(start, steps):
+        if warmup:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate * learning_rate_factor(step, steps, warmup)
         loss = loss_fn(generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,6 +141,34 @@ def run_stage(
         cpu_seconds=spent_cpu + time.process_time() - cpu0,
         wall_seconds=spent_wall + time.perf_counter() - wall0,
     )
+
+
+def draw_latents(
+    mean: torch.Tensor, std: torch.Tensor, scaling: float, generator: torch.Generator
+) -> torch.Tensor:
+    """A sample of the VAE posterior ``N(mean, std^2)``, scaled to the UNet's unit-variance latents."""
+    noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+    return (mean + std * noise) * scaling
+
+
+def denoising_loss(
+    unet: UNet2DConditionModel,
+    noise_schedule: DDPMScheduler,
+    latents: torch.Tensor,
+    hidden_states: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """DDPM's epsilon-prediction loss ``|| eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, c) ||^2``.
+
+    Timesteps are uniform over the training schedule; ``hidden_states`` are the text encoder's
+    outputs ``c``, as Stable Diffusion conditions its UNet.
+    """
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    timesteps = torch.randint(
+        noise_schedule.config.num_train_timesteps, (len(latents),), generator=generator
+    ).to(latents.device)
+    prediction = unet(noise_schedule.add_noise(latents, noise, timesteps), timesteps, hidden_states).sample
+    return torch.nn.functional.mse_loss(prediction, noise)
 
 
 def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:

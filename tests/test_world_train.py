@@ -1,0 +1,157 @@
+"""Training the miniature world: every stage at tiny sizes, exact resumption, the shared schedule."""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from autolora.errors import ConfigError
+from autolora.metrics.features import get_extractor
+from autolora.world import components, fidelity, train
+from autolora.world.evaluators import load_evaluators
+from autolora.world.styles import STYLES, sample_style
+from autolora.world.training import learning_rate_factor, run_stage
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    train.run(list(train.STAGES), root / "work", root / "out", seed=0, plan=train.TINY_PLAN)
+    return root / "out"
+
+
+def test_every_stage_is_recorded_with_its_plan(tiny_world):
+    manifest = json.loads((tiny_world / "manifest.json").read_text())
+    assert set(manifest["stages"]) == set(train.STAGES)
+    assert manifest["plan"]["vae_steps"] == train.TINY_PLAN.vae_steps
+    assert set(manifest["stages"]["evaluators"]["held_out_accuracy"]) == {
+        "digit",
+        "style",
+        "digit_random_styles",
+    }
+
+
+def test_tiny_world_is_a_diffusers_pipeline_with_the_planned_latent(tiny_world):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_world / "pipeline", safety_checker=None)
+    assert pipe.unet.config.in_channels == components.TINY.latent_channels
+    assert pipe.vae.config.latent_channels == components.TINY.latent_channels
+    stored = load_file(tiny_world / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {w.dtype for w in stored.values()} == {torch.float16} and pipe.unet.dtype == torch.float32
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        "a seven", num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)
+    )
+    assert image.images.shape == (1, 3, 32, 32)
+
+
+def test_tiny_world_has_a_lora_per_style_and_evaluators_the_metrics_can_load(tiny_world):
+    index = json.loads((tiny_world / "loras" / "index.json").read_text())
+    assert set(index) == {name for name, style in STYLES.items() if style.kind != "base"} | {"outline-kohya"}
+    assert all(
+        (tiny_world / "loras" / entry.get("file", f"{name}.safetensors")).exists()
+        for name, entry in index.items()
+    )
+    folder = tiny_world / "evaluators"
+    assert load_evaluators(folder).styles == list(STYLES)
+    images = [s.image for s in sample_style("neon", 3, seed=0)]
+    assert get_extractor("world", evaluators=str(folder))(images).shape == (3, 32)
+
+
+def test_a_rerun_skips_recorded_stages(tiny_world, tmp_path):
+    before = (tiny_world / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    train.run(["base"], tmp_path / "work", tiny_world, seed=0, plan=train.TINY_PLAN)
+    after = (tiny_world / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert before == after and not (tmp_path / "work" / "base.ckpt").exists()
+
+
+class Crash(Exception):
+    pass
+
+
+def _train(checkpoint, crash_at: int | None = None) -> tuple[torch.Tensor, int]:
+    """8 warm-up-and-decay steps of a toy regression: weights and steps taken; ``Crash`` on call ``crash_at``."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    data = torch.randn(64, 4)
+    calls = iter(range(1000))
+
+    def loss_fn(generator):
+        if next(calls) == crash_at:
+            raise Crash
+        batch = data[torch.randint(64, (8,), generator=generator)]
+        return (model(batch) - batch.sum(1, keepdim=True)).pow(2).mean()
+
+    run_stage(
+        "toy",
+        {"model": model},
+        model.parameters(),
+        loss_fn,
+        steps=8,
+        seed=1,
+        learning_rate=0.1,
+        checkpoint=checkpoint,
+        checkpoint_every=2,
+        warmup=3,
+    )
+    return model.weight.detach().clone(), next(calls)
+
+
+def test_a_crashed_stage_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    straight, steps = _train(tmp_path / "a.ckpt")
+    with pytest.raises(Crash):
+        _train(tmp_path / "b.ckpt", crash_at=5)
+    assert torch.load(tmp_path / "b.ckpt", weights_only=False)["step"] == 4
+    resumed, resumed_steps = _train(tmp_path / "b.ckpt")
+    assert (steps, resumed_steps) == (8, 4) and torch.equal(resumed, straight)
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+    factors = [learning_rate_factor(step, 100, 10) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+    assert learning_rate_factor(100, 100, 10) == pytest.approx(0.1)
+
+
+def test_world_extractor_refuses_unknown_options():
+    with pytest.raises(ConfigError, match="does not accept"):
+        get_extractor("world", evaluator="typo")
+
+
+def test_psnr_of_a_known_error_and_of_an_exact_copy():
+    target = torch.zeros(2, 3, 4, 4)
+    assert torch.allclose(fidelity.psnr(target + 0.2, target), torch.tensor([20.0, 20.0]))
+    assert torch.isinf(fidelity.psnr(target, target)).all()
+
+
+def test_fidelity_measures_every_style_of_a_tiny_world(tiny_world, tmp_path, capsys):
+    out = tmp_path / "fidelity.json"
+    argv = ["--world", str(tiny_world), "--renders", "4", "--random-styles", "2", "--per-digit", "1"]
+    assert (
+        fidelity.main([*argv, "--steps", "1", "--json", str(out), "--grid", str(tmp_path / "grid.png")]) == 0
+    )
+    rows = {row["style"]: row for row in json.loads(out.read_text())}
+    assert set(STYLES) | {fidelity.RANDOM_ROW} <= set(rows)
+    assert all(
+        name.startswith(f"{fidelity.RANDOM_ROW}, ")
+        for name in set(rows) - set(STYLES) - {fidelity.RANDOM_ROW}
+    )
+    assert all(math.isfinite(row["psnr"]) for row in rows.values())
+    # Every style has a LoRA in the tiny world, so every named style has samples and an FD ratio.
+    assert all(math.isfinite(rows[name]["fd_ratio"]) and rows[name]["fd_ratio"] > 0 for name in STYLES)
+    assert math.isnan(rows[fidelity.RANDOM_ROW]["render_style"])
+    by_texture = [row["renders"] for name, row in rows.items() if name.startswith(f"{fidelity.RANDOM_ROW}, ")]
+    assert sum(by_texture) == rows[fidelity.RANDOM_ROW]["renders"] == 2 * 10
+    assert "| neon |" in capsys.readouterr().out and (tmp_path / "grid.png").exists()
+
+
+def test_study_runs_on_a_trained_world_folder(tiny_world):
+    from autolora.world.study import run_study
+
+    results = run_study(["neon"], [3], images=2, steps=1, gamma=1.5, world=tiny_world)
+    assert list(results["method"]) == ["base", "lora", "autolora"]
+    assert list(results["prompt"]) == ["a three", "a three in neon style", "a three in neon style"]
+    assert results[["diversity", "style_score", "digit_score"]].notna().all().all()
