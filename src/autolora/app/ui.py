@@ -192,6 +192,8 @@ def _column(engine: Engine, method: str) -> Any:
 def _controls(engine: Engine, choices: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The request's controls (by ``Controls`` field) and the other widgets of the left column, in page order."""
     cfg = {"minimum": 1.0, "maximum": 15.0, "step": 0.5, "value": engine.default_cfg}
+    # Steps: the demo's 20 on the world; elsewhere 30, a usual count for SD-family schedulers.
+    steps = 20 if engine.is_world else 30
     lora = engine.default_lora()
     controls: dict[str, Any] = {
         "prompt": gr.Textbox(label="Prompt", value=engine.default_prompt(), elem_id="prompt"),
@@ -229,9 +231,7 @@ def _controls(engine: Engine, choices: list[str]) -> tuple[dict[str, Any], dict[
             0.0, 1.0, value=0.0, step=0.05, label="interval start", elem_id="interval-a"
         ),
         "interval_end": gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="interval end", elem_id="interval-b"),
-        "steps": gr.Slider(
-            1, 100, value=20 if engine.is_world else 30, step=1, label="steps", elem_id="steps"
-        ),
+        "steps": gr.Slider(1, 100, value=steps, step=1, label="steps", elem_id="steps"),
         "seed": gr.Number(
             value=0, precision=0, minimum=0, label="seed (image i uses seed + i)", elem_id="seed"
         ),
