@@ -22,7 +22,12 @@ from autolora.app import ui  # noqa: E402
 
 METHODS = ("base", "lora", "autolora")
 CONTROLS = Controls(
-    prompt="a seven in neon style", lora="world:neon", cfg_base=4.0, cfg_lora=4.0, steps=2, num_images=2
+    prompt="a seven in neon style",
+    lora="world:neon",
+    cfg_base=4.0,
+    cfg_lora=4.0,
+    num_inference_steps=2,
+    num_images=2,
 )
 
 
@@ -54,8 +59,9 @@ def test_copied_command_parses_to_the_options_the_app_ran(engine, controls):
     argv = shlex.split(request.command)
     assert argv[:2] == ["autolora", "generate"] and "--compare" in argv
     assert check_args(build_parser().parse_args(argv[1:])) == request.options
-    assert request.options.negative_prompt == "a blurry digit"
-    assert request.options.gamma_end == 0.5 and request.options.interval == (0.1, 0.8)
+    params = request.options.params
+    assert params.negative_prompt == "a blurry digit"
+    assert params.gamma_end == 0.5 and params.interval == (0.1, 0.8)
 
 
 @pytest.mark.parametrize(
@@ -66,9 +72,9 @@ def test_copied_command_parses_to_the_options_the_app_ran(engine, controls):
         ({"prompt": "  "}, "--prompt is empty"),
         ({"lora": "world:nothing"}, "not loaded"),
         ({"lora": None}, "no LoRA chosen"),
-        ({"lora_scale": -0.5}, "negative"),
-        ({"steps": 2.5}, "whole number"),
-        ({"gamma": float("nan")}, "gamma must be a number"),
+        ({"lora_scale": -0.5}, "LoRA scale must be >= 0"),
+        ({"num_inference_steps": 2.5}, "num_inference_steps must be a whole number"),
+        ({"gamma": float("nan")}, "gamma must be a finite number"),
     ],
 )
 def test_bad_controls_are_refused_with_a_message_naming_them(engine, controls, change, message):
@@ -79,15 +85,37 @@ def test_bad_controls_are_refused_with_a_message_naming_them(engine, controls, c
 def page_values(controls: Controls, **changes) -> dict:
     """``controls`` as the page's widgets hold them."""
     values = {**vars(controls), "interval_start": controls.interval[0], "interval_end": controls.interval[1]}
-    del values["interval"]
-    return {**values, "gamma_ramp": False, "gamma_end": 1.5, **changes}
+    del values["interval"], values["cfg_interval"]
+    unticked = {"gamma_ramp": False, "gamma_end": 1.5, "cfg_interval_on": False}
+    return {**values, **unticked, "cfg_interval_lo": 0.28, "cfg_interval_hi": 5.42, **changes}
 
 
 def test_prepare_reads_the_ramp_only_when_it_is_ticked(engine, controls):
     request, command = ui.prepare(engine, page_values(controls, gamma_end=0.25), "session")
-    assert request.options.gamma_end is None and "--gamma-end" not in command
+    assert request.options.params.gamma_end is None and "--gamma-end" not in command
     request, command = ui.prepare(engine, page_values(controls, gamma_ramp=True, gamma_end=0.25), "session")
-    assert request.options.gamma_end == 0.25 and "--gamma-end 0.25" in command
+    assert request.options.params.gamma_end == 0.25 and "--gamma-end 0.25" in command
+
+
+def test_advanced_controls_reach_the_run_and_the_copied_command(engine, controls):
+    request, command = ui.prepare(engine, page_values(controls, cads_noise=0.0, cache_threshold=0), "session")
+    params = request.options.params
+    assert (params.cfg_interval, params.cads_noise, params.cache_threshold) == (None, None, None)
+    assert "--cfg-interval" not in command and "--cads-noise" not in command
+    advanced = {"cfg_interval_on": True, "cads_noise": 0.25, "cache_interval": 3.0, "cache_threshold": 0.5}
+    request, command = ui.prepare(engine, page_values(controls, **advanced), "session")
+    params = request.options.params
+    assert params.cfg_interval == (0.28, 5.42) and params.cads_noise == 0.25
+    assert (params.cache_interval, params.cache_threshold) == (3, 0.5)
+    for flag in (
+        "--cfg-interval 0.28,5.42",
+        "--cads-noise 0.25",
+        "--cache-interval 3",
+        "--cache-threshold 0.5",
+    ):
+        assert flag in command
+    argv = shlex.split(command)[1:]
+    assert check_args(build_parser().parse_args(argv)) == request.options
 
 
 def test_prepare_shows_bad_controls_as_a_gradio_error(engine, controls):
@@ -110,7 +138,8 @@ def test_columns_are_generate_from_the_same_seeds_with_the_cli_metadata(engine, 
             assert np.array_equal(pixels(Image.open(path)), pixels(image))
             params = read_png_params(path)
             assert (params["method"], params["seed"], params["prompt"]) == (method, seed, controls.prompt)
-            assert params["loras"] == ([{"source": "world:neon", "scale": 1.0}] if method != "base" else None)
+            loras = [{"source": "world:neon", "scale": 1.0, "adapter_name": None, "weight_name": None}]
+            assert params["loras"] == (loras if method != "base" else None)
             assert params["gamma"] == (1.5 if method == "autolora" else None)
     base, autolora = (pixels(Image.open(columns[m][0])) for m in ("base", "autolora"))
     assert not np.array_equal(base, autolora)
@@ -147,7 +176,9 @@ def test_concurrent_requests_are_queued_not_mixed(engine, controls):
 def test_progress_reports_every_step(engine, controls):
     steps = []
     engine.render(
-        engine.request(replace(controls, steps=3)), "autolora", on_step=lambda i, n: steps.append((i, n))
+        engine.request(replace(controls, num_inference_steps=3)),
+        "autolora",
+        on_step=lambda i, n: steps.append((i, n)),
     )
     assert steps == [(1, 3), (2, 3), (3, 3)]
 
@@ -221,7 +252,9 @@ def test_any_model_with_a_lora_file_works_like_the_world(tmp_path):
     engine.add_lora(lora, scale=0.5)
     assert engine.lora_choices() == [lora] and engine.default_lora() == lora and engine.scales[lora] == 0.5
     assert engine.default_prompt() == ""
-    request = engine.request(Controls(prompt="a red cat", lora=lora, lora_scale=0.5, steps=2, num_images=2))
+    request = engine.request(
+        Controls(prompt="a red cat", lora=lora, lora_scale=0.5, num_inference_steps=2, num_images=2)
+    )
     assert f"--lora {lora}:0.5" in request.command and "--cfg-base" not in request.command
     columns = {method: [Image.open(path) for path in engine.render(request, method)] for method in METHODS}
     assert read_png_params(engine.render(request, "autolora")[0])["cfg_base"] == 7.5  # SD1.5's default

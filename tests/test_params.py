@@ -8,7 +8,7 @@ from autolora.cli import build_parser
 from autolora.cli.generate import generation_params
 from autolora.errors import ConfigError
 from autolora.experiments.config import GENERATION_KEYS, parse_config
-from autolora.params import SWEEP_FIELDS, GenerationParams, cli_fields, cli_flag
+from autolora.params import SWEEP_FIELDS, GenerationParams, cli_args, cli_fields, cli_flag
 
 # One bad value per field a user can set, with the words its error must contain.
 BAD_VALUES = {
@@ -72,6 +72,24 @@ def test_cli_flag_of_each_field_refuses_the_same_bad_values(field):
     with pytest.raises(ConfigError, match=message) as error:
         generation_params(build_parser().parse_args(argv))
     assert cli_flag(field) in str(error.value)
+
+
+def test_cli_args_parse_back_to_the_same_params():
+    params = GenerationParams(
+        method="lora", gamma=1 / 3, gamma_end=2.0, interval=(0.1, 0.8), cfg_base=4.0, reference=0.5,
+        branch_mode="sequential", cache_interval=3, cache_threshold=0.05, cfg_interval=(0.28, 5.42),
+        cads_noise=0.25, cads_tau=(0.5, 0.95), cads_psi=0.5, negative_prompt="blurry, low quality",
+        num_inference_steps=7, height=64, width=48, seed=11, num_images=3,
+    )  # fmt: skip
+    argv = ["generate", "--model", "m", "--lora", "l", "--prompt", "p", "--out", "o", *cli_args(params)]
+    assert generation_params(build_parser().parse_args(argv)) == params
+    # Defaults are left out, so a default command line stays short.
+    assert cli_args(GenerationParams()) == [] and cli_args(GenerationParams(gamma=2.0)) == ["--gamma", "2"]
+
+
+def test_cli_args_refuse_a_value_the_cli_cannot_write():
+    with pytest.raises(ConfigError, match="--reference"):
+        cli_args(GenerationParams(reference={"style": 0.5}))
 
 
 def test_sweep_keys_are_the_fields_a_sweep_may_set_and_cfg():

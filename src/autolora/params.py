@@ -432,3 +432,27 @@ def cli_fields() -> list[dataclasses.Field]:
 def cli_flag(field: dataclasses.Field) -> str:
     """The command-line flag of ``field``."""
     return field.metadata["flag"] or "--" + field.name.replace("_", "-")
+
+
+def cli_args(params: GenerationParams) -> list[str]:
+    """The ``autolora generate`` flags that parse back to ``params``: every field with a flag, off its default.
+
+    The inverse of the CLI's parsing, so a command line shown to a user makes the same images.
+    """
+    argv = []
+    for field in cli_fields():
+        value = getattr(params, field.name)
+        if value != field.default:
+            argv += [cli_flag(field), _flag_text(value, cli_flag(field))]
+    return argv
+
+
+def _flag_text(value: Any, flag: str) -> str:
+    """``value`` as its flag reads it back exactly: ``2`` for 2.0, every significant digit otherwise."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        return ",".join(_flag_text(v, flag) for v in value)
+    if _is_number(value):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    raise ConfigError(f"{flag}: {value!r} has no command-line form")

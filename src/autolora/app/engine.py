@@ -1,27 +1,35 @@
 """What the web app does, without the web page: LoRAs, one comparison request, images, metrics.
 
-A request is turned into the equivalent ``autolora generate --compare`` command line, and that command
-line is checked by the CLI's own parser and checks, so what the app runs, the PNG metadata it writes and
-the command it offers to copy are the CLI's by construction. One pipeline serves every visitor: a lock
+The controls are ``GenerationParams`` fields (plus the prompt and the LoRA). A request is turned into the
+equivalent ``autolora generate --compare`` command line by the CLI's own field -> flag mapping, and that
+command line is checked by the CLI's parser and checks, so what the app runs, the PNG metadata it writes
+and the command it offers to copy are the CLI's by construction. One pipeline serves every visitor: a lock
 runs one request at a time, and each request activates its own LoRA at its own scale before it generates.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import shlex
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from PIL import Image
 
-from autolora.cli.generate import GenerateOptions, check_args, generate_kwargs, image_params
+from autolora.cli.generate import (
+    GenerateOptions,
+    check_args,
+    image_params,
+    pipeline_info,
+    resolved_params,
+)
 from autolora.errors import ConfigError
+from autolora.params import BranchMode, GenerationParams, cli_args
 
 if TYPE_CHECKING:
     from autolora.world.assets import LoRAInfo
@@ -43,21 +51,41 @@ class GenerationCancelled(Exception):
 
 @dataclass(frozen=True)
 class Controls:
-    """The values of the app's controls for one request."""
+    """The values of the app's controls for one request: the prompt, the LoRA, and GenerationParams fields.
+
+    Every field after ``lora_scale`` is the ``GenerationParams`` field of the same name; the defaults are
+    the page's (4 images of 20 steps), the others those of ``GenerationParams``.
+    """
 
     prompt: str
     lora: str
-    negative_prompt: str = ""
     lora_scale: float = 1.0
+    negative_prompt: str = ""
     gamma: float = 1.5
     gamma_end: float | None = None
     cfg_base: float | None = None
     cfg_lora: float | None = None
     interval: tuple[float, float] = (0.0, 1.0)
-    steps: int = 20
+    num_inference_steps: int = 20
     seed: int = 0
     num_images: int = 4
-    branch_mode: str = "batched"
+    branch_mode: BranchMode = "batched"
+    cache_interval: int = 1
+    cache_threshold: float | None = None
+    cfg_interval: tuple[float, float] | None = None
+    cads_noise: float | None = None
+    cads_tau: tuple[float, float] = (0.6, 0.9)
+    cads_psi: float = 1.0
+
+    def params(self) -> GenerationParams:
+        """The GenerationParams of these controls; raises ConfigError naming a bad one."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del values["prompt"], values["lora"], values["lora_scale"]
+        # Sliders and number boxes hand whole numbers over as floats (20.0); the fields take integers.
+        for name in ("num_inference_steps", "seed", "num_images", "cache_interval"):
+            values[name] = _whole(values[name], name)
+        values["negative_prompt"] = values["negative_prompt"] or None
+        return GenerationParams(**values)
 
 
 @dataclass(frozen=True)
@@ -145,20 +173,9 @@ class Engine:
 
     def command_line(self, controls: Controls) -> list[str]:
         """The ``autolora generate`` arguments that make the same images as ``controls`` on this engine."""
-        c = controls
-        argv = ["generate", "--model", self.model, "--lora", f"{c.lora}:{_number(c.lora_scale)}"]
-        argv += ["--prompt", c.prompt]
-        if c.negative_prompt:
-            argv += ["--negative-prompt", c.negative_prompt]
-        argv += ["--gamma", _number(c.gamma)]
-        if c.gamma_end is not None:
-            argv += ["--gamma-end", _number(c.gamma_end)]
-        for flag, value in (("--cfg-base", c.cfg_base), ("--cfg-lora", c.cfg_lora)):
-            if value is not None:
-                argv += [flag, _number(value)]
-        argv += ["--interval", ",".join(map(_number, c.interval)), "--branch-mode", c.branch_mode]
-        for flag, value in (("--steps", c.steps), ("--seed", c.seed), ("--num-images", c.num_images)):
-            argv += [flag, _number(value)]
+        scale = GenerationParams.check_field("lora_scale", controls.lora_scale, "LoRA scale")
+        argv = ["generate", "--model", self.model, "--lora", f"{controls.lora}:{scale!r}"]
+        argv += ["--prompt", controls.prompt, *cli_args(controls.params())]
         if self.device:
             argv += ["--device", self.device]
         if self.dtype:
@@ -177,20 +194,6 @@ class Engine:
             raise ConfigError(
                 f"LoRA {controls.lora!r} is not loaded; loaded: {', '.join(self.lora_choices())}"
             )
-        numbers = {
-            "LoRA scale": controls.lora_scale,
-            "gamma": controls.gamma,
-            "gamma end": controls.gamma_end,
-        }
-        numbers |= {"w_base": controls.cfg_base, "w_lora": controls.cfg_lora}
-        numbers |= {"interval start": controls.interval[0], "interval end": controls.interval[1]}
-        for name, value in numbers.items():
-            if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
-                raise ConfigError(f"{name} must be a number, got {value!r}")
-        wholes = {"steps": controls.steps, "seed": controls.seed, "images per column": controls.num_images}
-        for name, value in wholes.items():
-            if not (isinstance(value, int | float) and float(value).is_integer()):
-                raise ConfigError(f"{name} must be a whole number, got {value!r}")
         argv = self.command_line(controls)
         options = check_args(build_parser().parse_args(argv))
         return Request(argv=tuple(argv), options=options, lora=controls.lora)
@@ -216,6 +219,8 @@ class Engine:
         from autolora.pipelines import generate
 
         options = request.options
+        # The defaults the pipeline resolves, written out as ``autolora generate`` records them.
+        params = resolved_params(self.pipe, replace(options.params, method=method))
 
         def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if session in self._cancelled:
@@ -229,29 +234,15 @@ class Engine:
             # This request's adapter at this request's scale, whatever the previous request used.
             self.pipe.set_adapters([self.adapters[request.lora]], [options.loras[0].scale])
             images = generate(
-                self.pipe,
-                options.prompt,
-                progress=False,
-                callback_on_step_end=step_end,
-                **generate_kwargs(options, method),
+                self.pipe, options.prompt, params, progress=False, callback_on_step_end=step_end
             )
         folder = self.out / _request_folder(request)
-        paths = []
+        info, paths = pipeline_info(self.pipe), []
         for i, image in enumerate(images):
-            params = image_params(options, method, options.seed + i, image.size, self._resolved(options))
-            paths.append(save_png(image, folder / f"{method}-seed{options.seed + i}.png", params))
+            seed = params.seed + i
+            record = image_params(options, replace(params, seed=seed), image.size, info)
+            paths.append(save_png(image, folder / f"{method}-seed{seed}.png", record))
         return paths
-
-    def _resolved(self, options: GenerateOptions) -> dict[str, Any]:
-        """The values ``image_params`` records that the pipeline decides (as ``autolora generate`` does)."""
-        return {
-            "cfg_base": options.cfg_base if options.cfg_base is not None else self.default_cfg,
-            "cfg_lora": options.cfg_lora if options.cfg_lora is not None else self.default_cfg,
-            "num_inference_steps": options.steps,
-            "sampler": type(self.pipe.scheduler).__name__,
-            "dtype": str(self.pipe.dtype).removeprefix("torch."),
-            "device": str(self.pipe.device),
-        }
 
     # -- Metrics --------------------------------------------------------------------------------
 
@@ -289,9 +280,11 @@ class Engine:
         return lora_info(lora.removeprefix("world:"))
 
 
-def _number(value: float) -> str:
-    """``value`` as the CLI reads it back exactly: ``2`` for 2.0, all significant digits otherwise."""
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+def _whole(value: Any, name: str) -> int:
+    """``value`` as an int when it is a whole number (``20.0`` from a slider), else a ConfigError naming ``name``."""
+    if not (isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
 
 
 def _request_folder(request: Request) -> str:

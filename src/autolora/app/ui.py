@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pandas as pd
 
 from autolora.app.engine import METRIC_COLUMNS, Controls, Engine, GenerationCancelled, Request, title
 from autolora.cli import one_line
-from autolora.cli.generate import BRANCH_MODES, COMPARE_METHODS
+from autolora.cli.generate import COMPARE_METHODS
 from autolora.errors import AutoLoRAError
+from autolora.params import BranchMode
 
 # Telemetry would send requests off the machine; a local tool has no reason to.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -42,13 +43,18 @@ def _error(error: AutoLoRAError) -> gr.Error:
 def prepare(engine: Engine, values: dict[str, Any], session: str) -> tuple[Request, str]:
     """Check the controls' values (by name, as ``_controls`` names them) into one request."""
     fields = dict(values)
-    start, end = fields.pop("interval_start"), fields.pop("interval_end")
+    interval = fields.pop("interval_start"), fields.pop("interval_end")
     ramp = fields.pop("gamma_ramp")
-    controls = Controls(
-        **{**fields, "gamma_end": fields["gamma_end"] if ramp else None}, interval=(start, end)
-    )
+    sigmas = fields.pop("cfg_interval_on"), fields.pop("cfg_interval_lo"), fields.pop("cfg_interval_hi")
+    # The page's "off" values: an unticked box, and 0 for CADS noise and the drift threshold.
+    fields |= {
+        "gamma_end": fields["gamma_end"] if ramp else None,
+        "cfg_interval": sigmas[1:] if sigmas[0] else None,
+        "cads_noise": fields["cads_noise"] or None,
+        "cache_threshold": fields["cache_threshold"] or None,
+    }
     try:
-        request = engine.request(controls)
+        request = engine.request(Controls(**fields, interval=interval))
     except AutoLoRAError as error:
         raise _error(error) from None
     engine.clear_cancel(session)
@@ -71,7 +77,7 @@ def render_column(
         raise gr.Error(str(stop), title="Stopped", print_exception=False) from None
     except AutoLoRAError as error:
         raise _error(error) from None
-    return [(str(path), f"seed {request.options.seed + i}") for i, path in enumerate(paths)]
+    return [(str(path), f"seed {request.options.params.seed + i}") for i, path in enumerate(paths)]
 
 
 def upload_lora(engine: Engine, file: str | None) -> tuple[Any, str]:
@@ -192,6 +198,8 @@ def _column(engine: Engine, method: str) -> Any:
 def _controls(engine: Engine, choices: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The request's controls (by ``Controls`` field) and the other widgets of the left column, in page order."""
     cfg = {"minimum": 1.0, "maximum": 15.0, "step": 0.5, "value": engine.default_cfg}
+    # Steps: the demo's 20 on the world; elsewhere 30, a usual count for SD-family schedulers.
+    steps = 20 if engine.is_world else 30
     lora = engine.default_lora()
     controls: dict[str, Any] = {
         "prompt": gr.Textbox(label="Prompt", value=engine.default_prompt(), elem_id="prompt"),
@@ -229,18 +237,45 @@ def _controls(engine: Engine, choices: list[str]) -> tuple[dict[str, Any], dict[
             0.0, 1.0, value=0.0, step=0.05, label="interval start", elem_id="interval-a"
         ),
         "interval_end": gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="interval end", elem_id="interval-b"),
-        "steps": gr.Slider(
-            1, 100, value=20 if engine.is_world else 30, step=1, label="steps", elem_id="steps"
-        ),
+        "num_inference_steps": gr.Slider(1, 100, value=steps, step=1, label="steps", elem_id="steps"),
         "seed": gr.Number(
             value=0, precision=0, minimum=0, label="seed (image i uses seed + i)", elem_id="seed"
         ),
         "num_images": gr.Slider(1, 16, value=4, step=1, label="images per column", elem_id="num-images"),
+    }
+    with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+        controls |= _advanced_controls()
+    return controls, widgets
+
+
+def _advanced_controls() -> dict[str, Any]:
+    """The branch mode, the delta cache (AutoLoRA), and CFG interval and CADS (the LoRA+CFG and base columns)."""
+    return {
         "branch_mode": gr.Radio(
-            list(BRANCH_MODES), value="batched", label="branch mode", elem_id="branch-mode"
+            list(get_args(BranchMode)), value="batched", label="branch mode", elem_id="branch-mode"
+        ),
+        "cache_interval": gr.Slider(
+            1,
+            10,
+            value=1,
+            step=1,
+            label="delta cache: reference branch every K steps",
+            elem_id="cache-interval",
+        ),
+        "cache_threshold": gr.Number(
+            value=0, minimum=0, label="delta cache: drift threshold (0 = off)", elem_id="cache-threshold"
+        ),
+        "cfg_interval_on": gr.Checkbox(
+            value=False, label="CFG only at noise levels in (low, high] (base, LoRA)", elem_id="cfg-interval"
+        ),
+        "cfg_interval_lo": gr.Number(value=0.28, minimum=0, label="CFG interval low sigma", elem_id="cfg-lo"),
+        "cfg_interval_hi": gr.Number(
+            value=5.42, minimum=0, label="CFG interval high sigma", elem_id="cfg-hi"
+        ),
+        "cads_noise": gr.Slider(
+            0.0, 1.0, value=0.0, step=0.05, label="CADS noise (base, LoRA; 0 = off)", elem_id="cads-noise"
         ),
     }
-    return controls, widgets
 
 
 def launch(

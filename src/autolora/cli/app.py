@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autolora.cli.generate import DTYPES, parse_lora_spec
+from autolora.cli.generate import parse_lora_spec
+from autolora.devices import DTYPES
 from autolora.errors import ConfigError
 
 DEFAULT_PORT = 7860  # Gradio's
@@ -84,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from autolora import load_pipeline
     from autolora.app.engine import Engine
     from autolora.app.ui import launch
-    from autolora.cli.generate import _device, _torch_dtype
+    from autolora.devices import default_device
 
-    pipe = load_pipeline(args.model, torch_dtype=_torch_dtype(args.dtype), device=_device(args.device))
+    pipe = load_pipeline(args.model, torch_dtype=args.dtype, device=args.device or default_device())
     engine = Engine(
         pipe,
         model=args.model,

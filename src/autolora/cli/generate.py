@@ -238,6 +238,27 @@ def _default_steps(pipe: Any) -> int | None:
     return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
+def resolved_params(pipe: Any, params: GenerationParams) -> GenerationParams:
+    """``params`` with the defaults ``pipe`` resolves written out, so that each PNG records what was run."""
+    from autolora import default_cfg_scale
+
+    return replace(
+        params,
+        cfg_base=default_cfg_scale(pipe) if params.cfg_base is None else params.cfg_base,
+        cfg_lora=default_cfg_scale(pipe) if params.cfg_lora is None else params.cfg_lora,
+        num_inference_steps=params.num_inference_steps or _default_steps(pipe),
+    )
+
+
+def pipeline_info(pipe: Any) -> dict[str, Any]:
+    """What ``image_params`` records of the pipeline itself: its sampler, dtype and device."""
+    return {
+        "sampler": type(pipe.scheduler).__name__,
+        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "device": str(pipe.device),
+    }
+
+
 def image_params(
     options: GenerateOptions, params: GenerationParams, size: tuple[int, int], resolved: dict[str, Any]
 ) -> dict[str, Any]:
@@ -281,25 +302,13 @@ def run(args: argparse.Namespace) -> int:
     options = check_args(args)
 
     # 1. Load the base model and every LoRA (the engine validates files and their fit to the model).
-    from autolora import default_cfg_scale, generate, load_lora, load_pipeline
+    from autolora import generate, load_lora, load_pipeline
     from autolora.devices import default_device
 
     pipe = load_pipeline(options.model, torch_dtype=options.dtype, device=options.device or default_device())
     for spec in options.loras:
         load_lora(pipe, spec.source, scale=spec.scale, allow_pickle=options.allow_pickle)
-    # The defaults the pipeline resolves, written out so that each PNG records what was actually run.
-    params = options.params
-    params = replace(
-        params,
-        cfg_base=default_cfg_scale(pipe) if params.cfg_base is None else params.cfg_base,
-        cfg_lora=default_cfg_scale(pipe) if params.cfg_lora is None else params.cfg_lora,
-        num_inference_steps=params.num_inference_steps or _default_steps(pipe),
-    )
-    run_info = {
-        "sampler": type(pipe.scheduler).__name__,
-        "dtype": str(pipe.dtype).removeprefix("torch."),
-        "device": str(pipe.device),
-    }
+    params, run_info = resolved_params(pipe, options.params), pipeline_info(pipe)
 
     # 2. Generate with every method from the same seeds, hence from the same initial noise.
     rows = {}
