@@ -27,9 +27,13 @@ import gradio as gr
 
 #: The tabs for features this version does not have: they say so instead of offering a button.
 UNAVAILABLE = {
-    "Make a LoRA": "Making a LoRA from a few uploaded images with the synthesis prior is not available in "
-    "this version of autolora.",
-    "Tune": "Running `tune` on the loaded LoRA is not available in this version of autolora.",
+    "Make a LoRA": "Making a LoRA from uploaded images is not in the app yet. On the command line, "
+    "`autolora synth --prior PRIOR --ref a.png b.png --out my.safetensors` makes one with a prior trained by "
+    "`autolora prior train` on a bank of LoRAs of this model (docs/synthesis.md); the miniature world ships "
+    "no prior yet.",
+    "Tune": "Tuning is not in the app yet. On the command line, `autolora tune --model MODEL --lora FILE "
+    "--prompt ... --out DIR` searches the guidance settings for this LoRA and writes the Pareto front and a "
+    "`tuned.toml` preset that `autolora generate --preset` reads (docs/tradeoffs.md).",
 }
 EMPTY_METRICS = pd.DataFrame(columns=["method", *METRIC_COLUMNS.values()])
 # The world's images are 32x32: enlarge them without blurring.
