@@ -155,3 +155,16 @@ def test_study_runs_on_a_trained_world_folder(tiny_world):
     assert list(results["method"]) == ["base", "lora", "autolora"]
     assert list(results["prompt"]) == ["a three", "a three in neon style", "a three in neon style"]
     assert results[["diversity", "style_score", "digit_score"]].notna().all().all()
+
+
+def test_force_retrains_a_recorded_stage_from_scratch(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    train.run(["vae"], work, out, seed=0, plan=train.TINY_PLAN)
+    first = load_file(work / "vae" / "diffusion_pytorch_model.safetensors")
+    # Zero the finished checkpoint: resuming from it would train no step and save zeros.
+    state = torch.load(work / "vae.ckpt", weights_only=False)
+    state["modules"]["vae"] = {k: torch.zeros_like(v) for k, v in state["modules"]["vae"].items()}
+    torch.save(state, work / "vae.ckpt")
+    train.run(["vae"], work, out, seed=0, plan=train.TINY_PLAN, force=True)
+    again = load_file(work / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(first[k], again[k]) for k in first)

@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     train.add_argument("--out", type=Path, default=None, help="output folder (default: the package's assets)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--force", action="store_true", help="retrain stages already in the manifest")
+    train.add_argument(
+        "--force", action="store_true", help="retrain stages already in the manifest from scratch"
+    )
     lora = actions.add_parser("train-lora", help="train a LoRA on a folder of captioned images")
     lora.add_argument("images", type=Path, help="folder with metadata.jsonl or a .txt caption per image")
     lora.add_argument("out", type=Path, help="LoRA .safetensors file to write")

@@ -254,13 +254,22 @@ def _record(out: Path, plan: Plan, stage: str, seed: int, result: StageResult, *
 def run(
     stages: list[str], work: Path, out: Path, seed: int, force: bool = False, plan: Plan = Plan()
 ) -> None:
-    """Run ``stages`` in order, skipping those the manifest already records (unless ``force``)."""
+    """Run ``stages`` in order, skipping those the manifest already records.
+
+    With ``force`` recorded stages run again from scratch: their checkpoint (and, for the LoRAs,
+    each finished LoRA's entry) is deleted first, since a resumed finished stage would train nothing.
+    """
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     for stage in stages:
-        if not force and stage in read_json(out / "manifest.json").get("stages", {}):
+        recorded = stage in read_json(out / "manifest.json").get("stages", {})
+        if recorded and not force:
             logger.info("%s: already trained, skipping", stage)
             continue
+        if recorded:
+            (work / f"{stage}.ckpt").unlink(missing_ok=True)
+            for entry in (out / "loras").glob("*.json") if stage == "loras" else ():
+                entry.unlink()
         logger.info("%s: training", stage)
         if stage == "vae":
             vae, result = train_vae(work, plan, seed)
