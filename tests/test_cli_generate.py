@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_pipelines import random_lora_file, tiny_pipeline
 
 import autolora.pipelines
 from autolora import generate, load_lora, load_pipeline
@@ -14,18 +13,20 @@ from autolora.cli.generate import LoRASpec, parse_lora_spec
 from autolora.errors import ConfigError
 from autolora.images import read_png_params
 from autolora.params import parse_interval
+from autolora.testing import random_lora_file, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A tiny SD1.5 pipeline saved as a diffusers folder, two LoRAs for it and one for SDXL."""
-    root = tmp_path_factory.mktemp("cli")
-    pipe = tiny_pipeline("sd15", root / "tokenizer")
-    pipe.save_pretrained(root / "model")
-    random_lora_file(pipe, root / "style.safetensors")
-    random_lora_file(pipe, root / "face.safetensors", seed=1)
-    random_lora_file(tiny_pipeline("sdxl", root / "sdxl-tokenizer"), root / "sdxl.safetensors")
-    return root
+def files(sd15_folder):
+    """The shared tiny SD1.5 folder with its two LoRAs."""
+    return sd15_folder
+
+
+@pytest.fixture(scope="module")
+def sdxl_lora(tmp_path_factory):
+    """A LoRA for a tiny SDXL pipeline: another architecture than the SD1.5 model."""
+    root = tmp_path_factory.mktemp("sdxl")
+    return random_lora_file(tiny_pipeline("sdxl", root / "tokenizer"), root / "sdxl.safetensors")
 
 
 @pytest.fixture
@@ -303,8 +304,8 @@ def test_corrupt_safetensors_is_a_one_line_error_before_loading(base_args, tmp_p
     assert_one_line_error(*run_cli(args, capsys)[::2], "corrupt.safetensors")
 
 
-def test_lora_for_another_architecture_is_a_one_line_error(base_args, files, capsys):
-    args = _replace(base_args, "--lora", str(files / "sdxl.safetensors"))
+def test_lora_for_another_architecture_is_a_one_line_error(base_args, sdxl_lora, capsys):
+    args = _replace(base_args, "--lora", str(sdxl_lora))
     assert_one_line_error(*run_cli(args, capsys)[::2], "does not fit StableDiffusionPipeline")
 
 

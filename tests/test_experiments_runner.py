@@ -45,14 +45,9 @@ N_IMAGES = 2 * 2 * 2 * 3
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """A tiny random SD1.5 pipeline saved to a folder, and a random LoRA file for it."""
-    from tiny_pipelines import random_lora_file, tiny_pipeline
-
-    folder = tmp_path_factory.mktemp("tiny")
-    pipe = tiny_pipeline("sd15", folder / "tokenizers")
-    pipe.save_pretrained(folder / "model")
-    return {"model": str(folder / "model"), "lora": str(random_lora_file(pipe, folder / "lora.safetensors"))}
+def tiny(sd15_folder):
+    """The shared tiny random SD1.5 pipeline folder and one of its LoRA files."""
+    return {"model": str(sd15_folder / "model"), "lora": str(sd15_folder / "style.safetensors")}
 
 
 @pytest.fixture
@@ -284,6 +279,18 @@ def test_unknown_metric_fails_before_any_image_is_made(tmp_path, tiny):
     with pytest.raises(ConfigError, match="unknown metric 'sharpnes'"):
         run_sweep(parse_config(sweep_of(tiny, metrics={"names": ["sharpnes"]})), tmp_path, progress=False)
     assert not (tmp_path / "images").exists()
+
+
+def test_corrupt_lora_of_a_variant_fails_before_any_model_is_loaded(tmp_path, tiny, pipeline_loads):
+    from autolora.errors import InputFileError
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a safetensors header")
+    raw = sweep_of(tiny)
+    raw["variants"][1]["loras"] = [{"source": str(corrupt)}]
+    with pytest.raises(InputFileError, match=r"corrupt\.safetensors"):
+        run_sweep(parse_config(raw), tmp_path / "run", progress=False)
+    assert pipeline_loads == []
 
 
 def test_reduced_mini_table1_runs_end_to_end_on_the_world_with_its_metrics_and_report(tmp_path):

@@ -1,6 +1,10 @@
+import os
+import stat
+
+import pytest
 from PIL import Image
 
-from autolora.images import a1111_parameters, make_grid, read_png_params, save_png
+from autolora.images import a1111_parameters, atomic_write_bytes, make_grid, read_png_params, save_png
 
 
 def test_png_round_trips_parameters_and_a1111_string(tmp_path):
@@ -36,3 +40,15 @@ def test_grid_size_accounts_for_every_tile_and_labels():
     grid = make_grid([[tile] * 3, [tile] * 3], row_labels=["a", "bb"], col_labels=["1", "2", "3"], pad=2)
     label_w = 8 + 6 * 2
     assert grid.size == (label_w + 3 * 12 + 2, 14 + 2 * 8 + 2)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_users_umask_not_the_temporary_files_0600(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "out.json", b"{}")
+        path = save_png(Image.new("RGB", (8, 8)), tmp_path / "x.png", {})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == mode
+    assert stat.S_IMODE(path.stat().st_mode) == mode

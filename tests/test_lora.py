@@ -1,15 +1,12 @@
-import sys
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_pipelines import random_lora_file, random_lora_state_dict, tiny_pipeline
 
-from autolora import generate, load_lora, load_pipeline, to_kohya_state_dict
+from autolora import generate, load_lora, to_kohya_state_dict
 from autolora.branches import adapter_scales
 from autolora.errors import ConfigError, IncompatibleLoRAError, InputFileError
+from autolora.testing import random_lora_file, random_lora_state_dict, tiny_pipeline
 
 OPTIONS = {"num_inference_steps": 2, "height": 32, "width": 32, "output_type": "np", "progress": False}
 
@@ -57,7 +54,10 @@ def test_kohya_file_gives_the_same_images_as_its_diffusers_twin(kind, tmp_path):
         pipe = tiny_pipeline(kind, tmp_path / kind)
         load_lora(pipe, str(tmp_path / f"{name}.safetensors"))
         images[name] = generate(pipe, "a photo of sks cat", gamma=1.5, cfg_base=3.0, cfg_lora=3.0, **OPTIONS)
+    base = generate(pipe, "a photo of sks cat", method="base", cfg_base=3.0, **OPTIONS)
     assert np.abs(images["diffusers"] - images["kohya"]).max() < 1e-5
+    # Both loads did something: the LoRA changes the image (two no-op loads would also be equal).
+    assert np.abs(images["kohya"] - base).max() > 1e-3
 
 
 def test_to_kohya_state_dict_names_modules_the_kohya_way():
@@ -119,14 +119,3 @@ def test_lora_matching_no_module_raises_incompatible_lora_error(sd15, tmp_path):
 def test_negative_scale_raises_config_error(sd15, tmp_path):
     with pytest.raises(ConfigError, match="scale"):
         load_lora(sd15, str(random_lora_file(sd15, tmp_path / "a.safetensors")), scale=-0.5)
-
-
-def test_world_names_resolve_through_world_assets(sd15, tmp_path, monkeypatch):
-    path = random_lora_file(sd15, tmp_path / "ink.safetensors")
-    sd15.save_pretrained(tmp_path / "base")
-    assets = SimpleNamespace(
-        lora_path=lambda name: tmp_path / f"{name}.safetensors", base_pipeline_path=lambda: tmp_path / "base"
-    )
-    monkeypatch.setitem(sys.modules, "autolora.world.assets", assets)
-    pipe = load_pipeline("world")
-    assert load_lora(pipe, "world:ink") == path.stem

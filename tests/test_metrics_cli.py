@@ -129,3 +129,17 @@ def test_eval_compares_groups_with_a_reference_folder(generated, tmp_path):
     assert (per_group["fd_dinov2"] > 0).all()
     assert per_group["kid"].notna().all()
     assert json.loads((tmp_path / "results.config.json").read_text())["n_reference"] == 4
+
+
+def test_wrong_results_suffix_is_refused_before_any_metric_is_computed(
+    generated, tmp_path, capsys, monkeypatch
+):
+    import autolora.metrics
+
+    def fail(*args, **kwargs):
+        raise AssertionError("metrics were computed before --out was checked")
+
+    monkeypatch.setattr(autolora.metrics, "evaluate", fail)
+    argv = ["eval", str(generated), "--metrics", "diversity", "--extractor", "test:cli-colour"]
+    assert main([*argv, "--out", str(tmp_path / "x.txt")]) == 2
+    assert "must end in .csv or .parquet" in capsys.readouterr().err

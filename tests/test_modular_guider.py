@@ -5,11 +5,11 @@ from diffusers.guiders import ClassifierFreeGuidance
 from diffusers.modular_pipelines.stable_diffusion_xl.modular_blocks_stable_diffusion_xl import (
     StableDiffusionXLAutoBlocks,
 )
-from tiny_pipelines import random_lora_file, tiny_pipeline
 
 from autolora import generate, load_lora
 from autolora.errors import ConfigError
 from autolora.modular_guider import AutoLoRAGuidance
+from autolora.testing import random_lora_file, tiny_pipeline
 
 PROMPT = "a photo of sks cat"
 OPTIONS = {"num_inference_steps": 3, "height": 32, "width": 32, "output_type": "np"}

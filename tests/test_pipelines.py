@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-from tiny_pipelines import KINDS, random_lora_file, tiny_pipeline
 
 from autolora import default_cfg_scale, generate, load_lora, load_pipeline
 from autolora.errors import ConfigError, InputFileError
+from autolora.testing import KINDS, random_lora_file, tiny_pipeline
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PROMPT = "a photo of sks cat"

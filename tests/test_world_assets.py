@@ -65,9 +65,8 @@ def test_unknown_lora_raises_config_error_listing_names():
 
 
 def test_world_pipeline_defaults_to_its_own_cfg_scale_and_others_keep_the_papers(tmp_path):
-    from tiny_pipelines import tiny_pipeline
-
     from autolora import default_cfg_scale, load_pipeline
+    from autolora.testing import tiny_pipeline
     from autolora.world.assets import WORLD_CFG
 
     assert default_cfg_scale(load_pipeline("world")) == WORLD_CFG

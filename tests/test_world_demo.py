@@ -1,16 +1,52 @@
+import numpy as np
 from PIL import Image
 
+from autolora import generate, load_lora, load_pipeline
 from autolora.cli import main
+from autolora.cli.demo import CELL, METHODS, score
 from autolora.images import read_png_params
+from autolora.world.assets import lora_info
+from autolora.world.evaluators import prompted_digit
 
 
-def test_reduced_demo_writes_grid_and_prints_table(tmp_path, capsys):
+def test_reduced_demo_shows_and_scores_the_api_images_of_both_methods(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--images", "2", "--steps", "2"]) == 0
     out = capsys.readouterr().out
-    assert "LoRA+CFG" in out and "AutoLoRA" in out and "diversity" in out
+    printed = {
+        line.split()[0]: [float(value) for value in line.split()[1:]]
+        for line in out.splitlines()
+        if line.startswith(tuple(METHODS.values()))
+    }
+    # The same images through the Python API, with the world's own default CFG.
+    info = lora_info("neon")
+    pipe = load_pipeline("world")
+    load_lora(pipe, "world:neon")
+    images = {
+        method: generate(
+            pipe, info.prompt, method=method, num_inference_steps=2, num_images=2, progress=False
+        )
+        for method in METHODS
+    }
+    digit = info.digit if info.digit is not None else prompted_digit({"prompt": info.prompt})
+    expected = score(images, info.prompt, info.style, digit)
+    for label, row in expected.iterrows():
+        assert printed[label] == [
+            round(row.diversity, 3),
+            round(row.style_score, 3),
+            round(row.digit_score, 3),
+        ]
+    # The grid shows those images, one row per method; the two methods' images differ.
     grid = tmp_path / "demo-neon.png"
-    assert Image.open(grid).size[0] > 2 * 96
     assert read_png_params(grid)["lora"] == "world:neon"
+    with Image.open(grid) as opened:
+        grid_pixels = np.asarray(opened.convert("RGB"))
+    pad, label_w = 2, 8 + 6 * max(len(label) for label in METHODS.values())  # make_grid's layout
+    for i, method_images in enumerate(images.values()):
+        for j, image in enumerate(method_images):
+            x, y = label_w + pad + j * (CELL + pad), 14 + pad + i * (CELL + pad)
+            cell = image.resize((CELL, CELL), Image.Resampling.NEAREST).convert("RGB")
+            np.testing.assert_array_equal(grid_pixels[y : y + CELL, x : x + CELL], np.asarray(cell))
+    assert not np.array_equal(np.asarray(images["lora"][0]), np.asarray(images["autolora"][0]))
 
 
 def test_demo_refuses_a_single_image(tmp_path, capsys):

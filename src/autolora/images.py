@@ -18,6 +18,8 @@ from typing import Any
 from PIL import Image, ImageDraw, PngImagePlugin
 
 PARAMS_KEY = "autolora"
+#: Image files autolora reads (folders to evaluate, LoRA training images).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 # A1111 writes these fields under these names; anything else follows as "Key: value".
 _A1111_NAMES = {
@@ -50,11 +52,16 @@ def a1111_parameters(params: Mapping[str, Any]) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets the permissions of any newly created file (0666 less the umask), not the temporary
+    file's private 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -63,6 +70,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; it is put back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_png(image: Image.Image, path: str | os.PathLike, params: Mapping[str, Any]) -> Path:

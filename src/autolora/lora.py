@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from autolora.branches import adapter_scales
 from autolora.errors import ConfigError, IncompatibleLoRAError, InputFileError
+from autolora.sources import is_local, resolve_lora
 
 # Formats that are Python pickles: loading one can run arbitrary code.
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin"})
@@ -31,15 +32,12 @@ def load_lora(
 ) -> str:
     """Load a LoRA into ``pipe`` as a new active adapter at ``scale``, beside those already active.
 
-    ``source`` is a local file or folder, a Hub id (with ``weight_name``), or ``"world:<name>"``.
+    ``source`` is a local file or folder, a Hub id (with ``weight_name``), or an alias (``"world:<name>"``).
     diffusers/PEFT and kohya/civitai formats load through diffusers' own loaders. Returns the adapter name.
     """
     if not scale >= 0:
         raise ConfigError(f"LoRA scale must be >= 0, got {scale}")
-    if source.startswith("world:"):
-        from autolora.world.assets import lora_path
-
-        source = str(lora_path(source.removeprefix("world:")))
+    source = resolve_lora(source)
     loaded = {name for names in pipe.get_list_adapters().values() for name in names}
     name = adapter_name or _free_name(Path(weight_name or source).stem, loaded)
     if name in loaded:
@@ -74,21 +72,22 @@ def _free_name(stem: str, taken: set[str]) -> str:
     return name
 
 
-def check_lora_source(source: str, *, weight_name: str | None = None, allow_pickle: bool = False) -> Path | None:
-    """The local LoRA file or folder ``source`` names, checked cheaply before any model is loaded.
+def check_lora_source(
+    source: str, *, weight_name: str | None = None, allow_pickle: bool = False
+) -> Path | None:
+    """The local LoRA file or folder ``source`` (or the alias it is) names, checked cheaply before any
+    model is loaded.
 
     Returns None for a Hub id (``owner/name``, downloaded by diffusers). Raises ``InputFileError`` for a
     missing local path, a pickle file without ``allow_pickle`` (loading one can run code), and a
-    safetensors file whose header cannot be read.
+    safetensors file whose header cannot be read; ``ConfigError`` for an unknown alias.
     """
+    source = resolve_lora(source)
     path = Path(source).expanduser()
     if path.is_dir() and weight_name:
         path = path / weight_name
     if not path.exists():
-        looks_local = (
-            path.is_absolute() or source.startswith((".", "~")) or Path(source).suffix or source.count("/") != 1
-        )
-        if looks_local:
+        if is_local(source):
             raise InputFileError(f"LoRA {source}: no such file or folder")
         return None
     suffix = path.suffix.lower()

@@ -168,7 +168,8 @@ def _option(
 
     ``methods``: the methods whose images depend on it (others record None and ignore it in sweeps);
     ``flag``: its ``autolora generate`` flag ("" = ``--name-with-dashes``, None = none); ``parse``: its
-    text form (default: the check's, numbers for numbers); ``group``: its section of the CLI help; ``sweep``: whether a sweep may set it.
+    text form (default: the check's, numbers for numbers); ``group``: its section of the CLI help;
+    ``sweep``: whether a sweep may set it.
     """
     metadata = {
         "help": help,
@@ -189,7 +190,7 @@ class GenerationParams:
 
     See docs/guidance.md for each field. Build it with keywords; a wrong value raises ``ConfigError``
     naming the field. Values are kept in canonical types (floats, a tuple interval), so equal
-    settings compare and hash equal.
+    settings compare equal however they were written (``5`` or ``5.0``, a list or a tuple).
     """
 
     method: Method = _option(
@@ -197,7 +198,9 @@ class GenerationParams:
         _choice(Method),
         "autolora: base CFG guided towards LoRA CFG (Eq. 7); lora: LoRA with CFG; base: base model with CFG",
     )
-    gamma: float = _option(1.5, _real(0.0), "AutoLoRA guidance scale gamma", methods=frozenset({"autolora"}))
+    gamma: float = _option(
+        1.5, _real(0.0), "AutoLoRA guidance scale gamma", methods=frozenset({"autolora"}), metavar="G"
+    )
     gamma_end: float | None = _option(
         None,
         _real(0.0),
@@ -268,24 +271,28 @@ class GenerationParams:
         methods=frozenset({"autolora"}),
         metavar="T",
     )
-    negative_prompt: str | None = _option(None, _text, "negative prompt (default: none)", group="prompt")
+    negative_prompt: str | None = _option(
+        None, _text, "negative prompt (default: none)", metavar="N", group="prompt"
+    )
     num_inference_steps: int | None = _option(
         None,
         _integer(1),
         "denoising steps (default: the pipeline's)",
         flag="--steps",
+        metavar="K",
         group="prompt",
     )
     height: int | None = _option(
-        None, _integer(8, 8), "image height in pixels, a multiple of 8", group="prompt"
+        None, _integer(8, 8), "image height in pixels, a multiple of 8", metavar="H", group="prompt"
     )
     width: int | None = _option(
-        None, _integer(8, 8), "image width in pixels, a multiple of 8", group="prompt"
+        None, _integer(8, 8), "image width in pixels, a multiple of 8", metavar="W", group="prompt"
     )
     seed: int = _option(
         0,
         _integer(0),
         "seed of the first image; image i uses seed+i",
+        metavar="S",
         group="prompt",
         sweep=False,
     )

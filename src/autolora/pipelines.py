@@ -29,9 +29,12 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from autolora.branches import BASE_ADAPTER, Branch, BranchSwitcher, pipeline_modules
 from autolora.delta_cache import DeltaCache, DeltaCachePolicy
+from autolora.devices import TorchDType
+from autolora.devices import torch_dtype as dtype_by_name
 from autolora.errors import ConfigError, InputFileError
 from autolora.guidance import GuidanceSchedule, autolora, cfg
 from autolora.params import BranchMode, GenerationParams
+from autolora.sources import is_local, model_default_cfg, resolve_model
 
 _HOOK_NAME = "autolora_guidance"
 
@@ -71,35 +74,27 @@ def pipeline_family(pipe: Any) -> PipelineFamily:
 
 
 def default_cfg_scale(pipe: Any) -> float:
-    """The paper's CFG scale for ``pipe``: SD1.5 7.5, SDXL 5.0, SD3 7.0; Flux 1.0 (no true CFG).
-
-    The miniature world's pipeline gets its own calibrated scale (``WORLD_CFG``): SD1.5's 7.5
-    over-saturates a model that small.
-    """
+    """The CFG scale a model registered with its alias (``autolora.sources``), else the paper's for its family:
+    SD1.5 7.5, SDXL 5.0, SD3 7.0; Flux 1.0 (no true CFG)."""
     family = pipeline_family(pipe)
-    from autolora.world.assets import ASSETS_DIR, WORLD_CFG
-
     name = getattr(pipe, "name_or_path", None)
-    if name and Path(name).resolve() == (ASSETS_DIR / "pipeline").resolve():
-        return WORLD_CFG
-    return family.default_cfg
+    registered = model_default_cfg(name) if name and is_local(name) else None
+    return family.default_cfg if registered is None else registered
 
 
 def load_pipeline(
-    model: str, *, torch_dtype: torch.dtype | None = None, device: str | None = None
+    model: str, *, torch_dtype: torch.dtype | TorchDType | None = None, device: str | None = None
 ) -> DiffusionPipeline:
-    """Load a text-to-image pipeline from a Hub id or a local folder; ``"world"`` is the miniature world's."""
-    if model == "world":
-        from autolora.world.assets import base_pipeline_path
-
-        model = str(base_pipeline_path())
-    local = Path(model).expanduser()
-    looks_local = local.is_absolute() or model.startswith(".") or local.exists() or model.count("/") > 1
-    if looks_local and not local.is_dir():
+    """Load a text-to-image pipeline from a Hub id, a local folder or a model alias (e.g. ``"world"``)."""
+    if isinstance(torch_dtype, str):
+        torch_dtype = dtype_by_name(torch_dtype)
+    source = resolve_model(model)
+    local = is_local(source)
+    if local and not Path(source).expanduser().is_dir():
         raise InputFileError(f"model folder not found: {model}")
     try:
         pipe = DiffusionPipeline.from_pretrained(
-            str(local) if looks_local else model, torch_dtype=torch_dtype
+            str(Path(source).expanduser()) if local else source, torch_dtype=torch_dtype
         )
     except (OSError, ValueError) as error:
         raise InputFileError(f"cannot load pipeline {model!r}: {error}") from error

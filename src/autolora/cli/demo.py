@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
     from autolora.images import make_grid, save_png
     from autolora.lora import load_lora
-    from autolora.pipelines import generate, load_pipeline
-    from autolora.world.assets import WORLD_CFG, lora_info
+    from autolora.pipelines import default_cfg_scale, generate, load_pipeline
+    from autolora.world.assets import lora_info
     from autolora.world.evaluators import prompted_digit
 
     info = lora_info(args.lora)
@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
             info.prompt,
             method=method,
             gamma=args.gamma,
-            cfg_base=args.cfg or WORLD_CFG,
-            cfg_lora=args.cfg or WORLD_CFG,
+            cfg_base=args.cfg,
+            cfg_lora=args.cfg,
             num_inference_steps=args.steps,
             seed=args.seed,
             num_images=args.images,
@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         [image.resize((CELL, CELL), Image.Resampling.NEAREST) for image in images]
         for images in images_by_method.values()
     ]
+    cfg = default_cfg_scale(pipe) if args.cfg is None else args.cfg
     scores = score(images_by_method, info.prompt, info.style, digit)
     grid = make_grid(rows, list(METHODS.values()), [f"seed {args.seed + i}" for i in range(args.images)])
     params = {
@@ -105,14 +106,12 @@ def run(args: argparse.Namespace) -> int:
         "grid": True,
         "lora": f"world:{args.lora}",
         "gamma": args.gamma,
-        "cfg_lora": args.cfg or WORLD_CFG,
+        "cfg_lora": cfg,
         "num_inference_steps": args.steps,
         "seed": args.seed,
     }
     path = save_png(grid, Path(args.out) / f"demo-{args.lora}.png", params)
-    print(
-        f'prompt: "{info.prompt}"  LoRA: world:{args.lora}  gamma: {args.gamma}  CFG: {args.cfg or WORLD_CFG}'
-    )
+    print(f'prompt: "{info.prompt}"  LoRA: world:{args.lora}  gamma: {args.gamma}  CFG: {cfg}')
     print(f"{'method':<10} {'diversity':>9} {'style':>7} {'digit':>7}")
     for method, row in scores.iterrows():
         print(f"{method:<10} {row.diversity:>9.3f} {row.style_score:>7.3f} {row.digit_score:>7.3f}")

@@ -55,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the results and print the per-group means."""
     from autolora.metrics import evaluate, load_records
+    from autolora.metrics.evaluate import check_results_path
 
+    check_results_path(args.out)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     group_by = [k.strip() for k in args.group_by.split(",") if k.strip()]
     options = build_options(args)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from autolora import __version__
+from autolora.devices import DTYPES
 from autolora.errors import ConfigError
 from autolora.params import GenerationParams, LoRASpec, cli_fields, cli_flag, parse_number
 
-DTYPES = ("float32", "float16", "bfloat16")
 # Rows of the --compare grid, top to bottom: the two baselines, then AutoLoRA.
 COMPARE_METHODS = ("base", "lora", "autolora")
 # Output names start with a running number so that repeated runs into one folder never overwrite.
@@ -166,9 +166,8 @@ def check_args(args: argparse.Namespace) -> GenerateOptions:
         raise ConfigError(f"--out {args.out} exists and is not a folder")
     loras = tuple(parse_lora_spec(text, args.lora_scale) for text in args.lora)
     for spec in loras:
-        # Refuse a missing, pickle or corrupt LoRA before the model is loaded for nothing.
-        if not spec.source.startswith("world:"):
-            check_lora_source(spec.source, allow_pickle=args.allow_pickle)
+        # Refuse a missing, pickle or corrupt LoRA (or an unknown alias) before the model is loaded for nothing.
+        check_lora_source(spec.source, allow_pickle=args.allow_pickle)
     return GenerateOptions(
         model=args.model,
         loras=loras,
@@ -255,10 +254,9 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. Load the base model and every LoRA (the engine validates files and their fit to the model).
     from autolora import default_cfg_scale, generate, load_lora, load_pipeline
+    from autolora.devices import default_device
 
-    pipe = load_pipeline(
-        options.model, torch_dtype=_torch_dtype(options.dtype), device=_device(options.device)
-    )
+    pipe = load_pipeline(options.model, torch_dtype=options.dtype, device=options.device or default_device())
     for spec in options.loras:
         load_lora(pipe, spec.source, scale=spec.scale, allow_pickle=options.allow_pickle)
     # The defaults the pipeline resolves, written out so that each PNG records what was actually run.
@@ -313,15 +311,3 @@ def write_outputs(
         paths.append(save_png(grid, options.out / f"{index:0{_INDEX_DIGITS}d}-grid.png", grid_params))
         print(paths[-1])
     return paths
-
-
-def _torch_dtype(name: str | None) -> Any:
-    import torch
-
-    return None if name is None else getattr(torch, name)
-
-
-def _device(name: str | None) -> str:
-    import torch
-
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")

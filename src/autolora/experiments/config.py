@@ -47,12 +47,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
+from autolora.devices import DTYPES, TorchDType
 from autolora.errors import ConfigError, InputFileError
+from autolora.experiments.index import IMAGES_DIR
 from autolora.params import SWEEP_FIELDS, GenerationParams, LoRASpec
-
-TorchDType = Literal["float32", "float16", "bfloat16"]
 
 #: Keys a sweep may set in ``[generate]``, a variant or the grid: the fields of ``GenerationParams``
 #: (checked by them), and ``cfg``, the sweep's shorthand for ``cfg_base = cfg_lora`` (kept as a label).
@@ -120,6 +120,11 @@ class SweepConfig:
         if self.metrics.group_by is not None:
             return list(self.metrics.group_by)
         return ["variant", *self.swept_keys(), "prompt"]
+
+    def lora_specs(self) -> list[LoRASpec]:
+        """Every LoRA the sweep loads (its own and its variants'), once each."""
+        specs = [*self.loras, *(spec for variant in self.variants for spec in variant.loras or ())]
+        return list(dict.fromkeys(specs))
 
     def swept_keys(self) -> list[str]:
         """Grid axes that take more than one value (variants are told apart by their name)."""
@@ -199,7 +204,7 @@ class WorkItem:
     @property
     def relative_path(self) -> str:
         """Where the image is saved inside the run folder."""
-        return f"images/{_slug(self.variant)}/p{self.prompt_index:03d}-s{self.seed:06d}-{self.key[:12]}.png"
+        return f"{IMAGES_DIR}/{_slug(self.variant)}/p{self.prompt_index:03d}-s{self.seed:06d}-{self.key[:12]}.png"
 
 
 # --- Loading and validation -------------------------------------------------------------------
@@ -305,11 +310,11 @@ _TOP_KEYS = {
 def parse_config(raw: Mapping[str, Any], base_dir: Path | None = None) -> SweepConfig:
     """Validate a sweep given as a plain mapping; ``base_dir`` resolves a relative ``prompts_file``."""
     _check_keys(raw, _TOP_KEYS, "sweep")
-    name = _require(raw, "name", str, "sweep")
-    model = _require(raw, "model", str, "sweep")
+    name = _required_key(raw, "name", str, "sweep")
+    model = _required_key(raw, "model", str, "sweep")
     torch_dtype = raw.get("torch_dtype")
-    if torch_dtype is not None and torch_dtype not in get_args(TorchDType):
-        raise ConfigError(f"torch_dtype: {torch_dtype!r} is not one of {', '.join(get_args(TorchDType))}")
+    if torch_dtype is not None and torch_dtype not in DTYPES:
+        raise ConfigError(f"torch_dtype: {torch_dtype!r} is not one of {', '.join(DTYPES)}")
     batch_size = raw.get("batch_size", 1)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
@@ -344,7 +349,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path | None = None) -> SweepC
     return config
 
 
-def _require(raw: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+def _required_key(raw: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     if key not in raw:
         raise ConfigError(f"{where}: missing required key {key!r}")
     value = raw[key]
@@ -395,7 +400,7 @@ def _parse_grid(raw: Any) -> dict[str, list[Any]]:
 def _parse_variant(raw: Any, index: int) -> Variant:
     where = f"variants[{index}]"
     _check_keys(raw, {"name", "model", "loras", *GENERATION_KEYS}, where)
-    name = _require(raw, "name", str, where)
+    name = _required_key(raw, "name", str, where)
     params = {key: value for key, value in raw.items() if key in GENERATION_KEYS}
     _check_params(params, f"variants[{index}] ({name})")
     model = raw.get("model")

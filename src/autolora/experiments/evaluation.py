@@ -19,9 +19,8 @@ import pandas as pd
 from PIL import Image
 
 from autolora.experiments.config import SweepConfig, WorkItem, canonical_json
-from autolora.experiments.index import RunIndex
+from autolora.experiments.index import CACHE_DIR, RunIndex
 
-CACHE_DIR = "cache"
 # Images handed to one ``evaluate`` call (whole groups, so a single large group may exceed it).
 _CHUNK_IMAGES = 1024
 
@@ -82,10 +81,10 @@ def _fingerprint(config: SweepConfig, images: pd.DataFrame) -> str:
 
 def _groups(members: list[Member], group_by: Sequence[str]) -> list[list[Member]]:
     """``members`` split by their ``group_by`` values, in order of first appearance."""
-    groups: dict[str, list[Member]] = {}
-    for meta, path in members:
-        groups.setdefault(canonical_json([meta[key] for key in group_by]), []).append((meta, path))
-    return list(groups.values())
+    from autolora.metrics.evaluate import group_indices
+
+    groups = group_indices([meta[key] for key in group_by] for meta, _ in members)
+    return [[members[i] for i in indices] for indices in groups.values()]
 
 
 def _chunks(groups: list[list[Member]]) -> Iterator[list[Member]]:

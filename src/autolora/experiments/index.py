@@ -1,4 +1,8 @@
-"""The SQLite index of a run folder: one row per finished image, plus the metrics computed on them.
+"""A run folder's layout, and its SQLite index: one row per finished image, plus the metrics computed on them.
+
+A run folder holds ``sweep.json`` (the validated sweep), ``index.sqlite``, ``images/<variant>/*.png``,
+``cache/`` (the metrics' cache) and, once reported, ``report/``. This module owns those names; the runner, the report and the CLI
+read them from here.
 
 Every image row is written in its own transaction right after its PNG has been renamed into
 place, under the image's unique key, so a run killed at any moment keeps every finished image
@@ -19,6 +23,10 @@ from typing import Any, Literal
 import pandas as pd
 
 INDEX_NAME = "index.sqlite"
+CONFIG_NAME = "sweep.json"
+IMAGES_DIR = "images"
+CACHE_DIR = "cache"
+REPORT_DIR = "report"
 JournalMode = Literal["WAL", "DELETE"]
 
 _SCHEMA = """

@@ -23,11 +23,9 @@ import pandas as pd
 from PIL import Image
 
 from autolora.errors import ConfigError, InputFileError
-from autolora.experiments.index import INDEX_NAME, RunIndex
-from autolora.experiments.runner import CONFIG_NAME
+from autolora.experiments.index import CONFIG_NAME, INDEX_NAME, REPORT_DIR, RunIndex
 from autolora.images import atomic_write_bytes, make_grid
 
-REPORT_DIR = "report"
 ReportFormat = Literal["md", "html"]
 ExportFormat = Literal["csv", "parquet"]
 
@@ -342,11 +340,11 @@ def _markdown(run: RunData, table: pd.DataFrame, figures: list[tuple[str, Path]]
 def _markdown_table(table: pd.DataFrame) -> str:
     header = "| " + " | ".join(str(c) for c in table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    body = ["| " + " | ".join(_plain(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    body = ["| " + " | ".join(_display(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([header, rule, *body])
 
 
-def _plain(value: object) -> str:
+def _display(value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return str(value)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import importlib
 import itertools
 import json
 import os
@@ -26,11 +25,10 @@ from tqdm.auto import tqdm
 
 from autolora.errors import ConfigError
 from autolora.experiments.config import SweepConfig, WorkItem
-from autolora.experiments.index import RunIndex
+from autolora.experiments.index import CONFIG_NAME, IMAGES_DIR, RunIndex
 from autolora.images import atomic_write_bytes, read_png_params, save_png
 from autolora.provenance import git_revision, package_versions
 
-CONFIG_NAME = "sweep.json"
 # A process that finished its shard waits at a barrier for the slowest one before the metrics;
 # torch.distributed's default of 30 minutes is shorter than a shard of a paper-sized sweep.
 _BARRIER_TIMEOUT = timedelta(days=7)
@@ -58,18 +56,11 @@ def run_sweep(
         raise ConfigError(f"--limit must be a positive integer, got {limit}")
     run_dir = Path(run_dir)
     state = PartialState(cpu=_cpu_processes(), timeout=_BARRIER_TIMEOUT)
-    check_metrics(config)
+    check_inputs(config)
 
     # 1. The main process prepares the folder; the others open it once it exists.
     if state.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _remove_partial_writes(run_dir)
-        # WAL needs memory shared by every writer: one host. Across nodes the rollback journal works.
-        one_host = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes)) == state.num_processes
-        with RunIndex(run_dir, journal_mode="WAL" if one_host else "DELETE") as index:
-            index.add_sweep(config.hash, config.name, config.to_dict())
-        described = {**config.to_dict(), "axes": config.swept_keys(), "group_by": config.group_by}
-        atomic_write_bytes(run_dir / CONFIG_NAME, json.dumps(described, indent=2, sort_keys=True).encode())
+        _prepare_run_folder(config, run_dir, state.num_processes)
     state.wait_for_everyone()
 
     # 2. Every process takes its share of the work items and skips those already done.
@@ -93,6 +84,18 @@ def run_sweep(
     )
 
 
+def _prepare_run_folder(config: SweepConfig, run_dir: Path, num_processes: int) -> None:
+    """Create (or reopen) ``run_dir``: drop partial writes, record the sweep in the index and ``sweep.json``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_partial_writes(run_dir)
+    # WAL needs memory shared by every writer: one host. Across nodes the rollback journal works.
+    one_host = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes)) == num_processes
+    with RunIndex(run_dir, journal_mode="WAL" if one_host else "DELETE") as index:
+        index.add_sweep(config.hash, config.name, config.to_dict())
+    described = {**config.to_dict(), "axes": config.swept_keys(), "group_by": config.group_by}
+    atomic_write_bytes(run_dir / CONFIG_NAME, json.dumps(described, indent=2, sort_keys=True).encode())
+
+
 def _cpu_processes() -> bool:
     """Whether the processes must join a CPU (gloo) process group.
 
@@ -105,24 +108,28 @@ def _cpu_processes() -> bool:
     return parse_flag_from_env("ACCELERATE_USE_CPU") or (launched and not torch.cuda.is_available())
 
 
+def check_inputs(config: SweepConfig) -> None:
+    """Fail before any model is loaded: unknown metrics or options, missing, pickle or corrupt LoRA files."""
+    from autolora.lora import check_lora_source
+
+    check_metrics(config)
+    for spec in config.lora_specs():
+        check_lora_source(spec.source, weight_name=spec.weight_name)
+
+
 def check_metrics(config: SweepConfig) -> None:
     """Fail before generating anything when a metric name is unknown."""
     if not config.metrics.names:
         return
     from autolora.metrics import registry
 
-    importlib.import_module("autolora.metrics")  # registers the built-in metrics
-    extractors = {options.get("extractor") for options in config.metrics.options.values()}
-    if "world" in extractors or any(name.startswith("world:") for name in config.metrics.names):
-        # The miniature world's metrics and extractor register themselves when their module is imported.
-        importlib.import_module("autolora.world.evaluators")
     for name in config.metrics.names:
         registry.get_metric(name, **config.metrics.options.get(name, {}))
 
 
 def _remove_partial_writes(run_dir: Path) -> None:
     """Delete temporary files left by a process killed while writing an image (never renamed, never indexed)."""
-    images = run_dir / "images"
+    images = run_dir / IMAGES_DIR
     if images.is_dir():
         for tmp in images.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
@@ -178,7 +185,7 @@ def _generate(
     )
     with bar:
         for (model, loras), group in itertools.groupby(ordered, key=lambda item: item.setup):
-            pipe = autolora.load_pipeline(model, torch_dtype=_dtype(config.torch_dtype), device=state.device)
+            pipe = autolora.load_pipeline(model, torch_dtype=config.torch_dtype, device=state.device)
             for lora in loras:
                 autolora.load_lora(
                     pipe,
@@ -221,14 +228,6 @@ def _batches(items: list[WorkItem], batch_size: int) -> Iterator[list[WorkItem]]
         batch.append(item)
     if batch:
         yield batch
-
-
-def _dtype(name: str | None) -> Any:
-    if name is None:
-        return None
-    import torch
-
-    return getattr(torch, name)
 
 
 def _index_image(

@@ -109,7 +109,7 @@ class MetricsCache:
                 # Keys keep the metric's order, so cached and fresh rows give the same column order.
                 self._db.executemany(
                     "INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
-                    [(key, h, json.dumps(row, default=_plain)) for h, row in rows.items()],
+                    [(key, h, json.dumps(row, default=_storable)) for h, row in rows.items()],
                 )
 
     def _load_features(self, key: str, hashes: Sequence[str]) -> None:
@@ -130,7 +130,7 @@ class MetricsCache:
         return result
 
 
-def _plain(value: Any) -> Any:
+def _storable(value: Any) -> Any:
     """numpy and torch scalars as Python numbers, so metrics may return either."""
     if hasattr(value, "item"):
         return value.item()

@@ -22,13 +22,11 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from autolora.errors import ConfigError, InputFileError
-from autolora.images import atomic_write_bytes, read_png_params
+from autolora.images import IMAGE_SUFFIXES, atomic_write_bytes, read_png_params
 from autolora.metrics.cache import MetricsCache
 from autolora.metrics.features import FeatureMetric
 from autolora.metrics.registry import ImageRecord, Metric, available_metrics, get_metric
 from autolora.provenance import package_versions
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 #: Options that change how a result is obtained, not what it is: left out of cache keys and of
 #: the recorded configuration (an API key must never be written to disk).
@@ -46,9 +44,7 @@ class EvaluationResult:
     def to_file(self, path: str | Path) -> list[Path]:
         """Write ``per_image`` to ``path`` (.csv or .parquet), ``per_group`` to ``<stem>.groups<suffix>``
         and ``config`` to ``<stem>.config.json`` next to it; returns the three paths."""
-        path = Path(path)
-        if path.suffix not in (".csv", ".parquet"):
-            raise ConfigError(f"results file must end in .csv or .parquet; got {path.name!r}")
+        path = check_results_path(path)
         groups_path = path.with_name(f"{path.stem}.groups{path.suffix}")
         config_path = path.with_name(f"{path.stem}.config.json")
         for frame, target in ((self.per_image, path), (self.per_group, groups_path)):
@@ -60,6 +56,14 @@ class EvaluationResult:
             atomic_write_bytes(target, buffer.getvalue())
         atomic_write_bytes(config_path, json.dumps(self.config, indent=2, default=str).encode())
         return [path, groups_path, config_path]
+
+
+def check_results_path(path: str | Path) -> Path:
+    """``path`` as a results file (``.csv`` or ``.parquet``); checked before any metric is computed."""
+    path = Path(path)
+    if path.suffix not in (".csv", ".parquet"):
+        raise ConfigError(f"results file must end in .csv or .parquet; got {path.name!r}")
+    return path
 
 
 # --- Loading ---------------------------------------------------------------------------------------
@@ -115,7 +119,7 @@ def _read_metadata(path: Path, names: set[str]) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for row in table.to_dict("records"):
         name = Path(str(row.pop("file"))).name
-        rows[name] = {k: _plain(v) for k, v in row.items() if not _missing(v)}
+        rows[name] = {k: _python_scalar(v) for k, v in row.items() if not _missing(v)}
     unknown = sorted(set(rows) - names)
     if unknown:
         raise InputFileError(f"metadata file {path} names images not in the folder: {', '.join(unknown[:5])}")
@@ -126,7 +130,7 @@ def _missing(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _plain(value: Any) -> Any:
+def _python_scalar(value: Any) -> Any:
     """Python scalars instead of numpy ones, so metadata compares and serialises as written."""
     return value.item() if hasattr(value, "item") else value
 
@@ -150,58 +154,16 @@ def evaluate(
     ``reference`` is the set FD and KID compare each group with; with ``cache_dir`` features and
     image-level results persist on disk, so evaluating the same images again computes nothing.
     """
-    # 1. Check the request and build the metrics, each after those it requires.
-    if not records:
-        raise ConfigError("no images to evaluate")
-    if not metrics:
-        raise ConfigError(f"no metrics requested; available: {', '.join(available_metrics())}")
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(available_metrics()))
-    if unknown:
-        raise ConfigError(f"options given for unknown metrics: {', '.join(unknown)}")
-    instances = _build_metrics(metrics, options)
-    for metric in instances.values():
-        if isinstance(metric, FeatureMetric) and metric.uses_reference and not reference:
-            raise ConfigError(
-                f"metric {metric.name!r} needs reference images (e.g. the LoRA's training images)"
-            )
+    instances = _checked_metrics(records, metrics, options or {}, reference)
     groups = _group(records, tuple(group_by))
     cache = MetricsCache(cache_dir)
     try:
-        # 2. Features of all images at once (batches fill up better than per group), shared by the metrics.
-        for metric in instances.values():
-            if isinstance(metric, FeatureMetric):
-                metric.cache = cache
-                if metric.level == "group":
-                    metric.features([*records, *(reference if metric.uses_reference else ())])
-        # 3. Image-level metrics over all images, then their per-group means and failure counts.
-        image_rows: list[dict[str, Any]] = [{} for _ in records]
-        summaries: dict[str, list[dict[str, Any]]] = {}
-        image_metrics = [m for m in instances.values() if m.level == "image"]
-        for metric in tqdm(image_metrics, desc="image metrics", disable=not progress):
-            rows = _image_level(metric, records, reference, cache)
-            for target, row in zip(image_rows, rows, strict=True):
-                target.update(row)
-            summaries[metric.name] = [_summarise([rows[i] for i in indices]) for indices in groups.values()]
-        # 4. Group-level metrics per group, fed the group's results of the metrics they require.
-        group_rows = []
-        group_metrics = [m for m in instances.values() if m.level == "group"]
-        for g, (key, indices) in enumerate(tqdm(groups.items(), desc="groups", disable=not progress)):
-            members = [records[i] for i in indices]
-            results = {name: rows[g] for name, rows in summaries.items()}
-            for metric in group_metrics:
-                inputs = {name: results[name] for name in metric.requires}
-                rows = metric.compute(members, reference=reference, inputs=inputs)
-                if len(rows) != 1:
-                    raise RuntimeError(f"group metric {metric.name} returned {len(rows)} rows instead of 1")
-                results[metric.name] = rows[0]
-            row = {**dict(zip(group_by, key, strict=True)), "n": len(indices)}
-            for name in instances:
-                row.update(results[name])
-            group_rows.append(row)
+        _share_features(instances, records, reference, cache)
+        image_rows, summaries = _image_metrics(instances, records, reference, cache, groups, progress)
+        group_rows = _group_metrics(instances, records, reference, groups, group_by, summaries, progress)
     finally:
         cache.close()
-    # 5. Tables and the configuration that produced them.
+    # Step 5: the tables, and the configuration that produced them.
     per_image = pd.DataFrame(
         [
             {"sha256": r.sha256, "path": str(r.path) if r.path else None, **_group_values(r, group_by), **row}
@@ -217,6 +179,91 @@ def evaluate(
         "versions": package_versions(),
     }
     return EvaluationResult(per_image, pd.DataFrame(group_rows), config)
+
+
+def _checked_metrics(
+    records: Sequence[ImageRecord],
+    metrics: Sequence[str],
+    options: Mapping[str, Mapping[str, Any]],
+    reference: Sequence[ImageRecord] | None,
+) -> dict[str, Metric]:
+    """Step 1: check the request and build the metrics, each after those it requires."""
+    if not records:
+        raise ConfigError("no images to evaluate")
+    if not metrics:
+        raise ConfigError(f"no metrics requested; available: {', '.join(available_metrics())}")
+    unknown = sorted(set(options) - set(available_metrics()))
+    if unknown:
+        raise ConfigError(f"options given for unknown metrics: {', '.join(unknown)}")
+    instances = _build_metrics(metrics, options)
+    for metric in instances.values():
+        if isinstance(metric, FeatureMetric) and metric.uses_reference and not reference:
+            raise ConfigError(
+                f"metric {metric.name!r} needs reference images (e.g. the LoRA's training images)"
+            )
+    return instances
+
+
+def _share_features(
+    instances: Mapping[str, Metric],
+    records: Sequence[ImageRecord],
+    reference: Sequence[ImageRecord] | None,
+    cache: MetricsCache,
+) -> None:
+    """Step 2: features of all images at once (batches fill up better than per group), shared by the metrics."""
+    for metric in instances.values():
+        if isinstance(metric, FeatureMetric):
+            metric.cache = cache
+            if metric.level == "group":
+                metric.features([*records, *(reference if metric.uses_reference else ())])
+
+
+def _image_metrics(
+    instances: Mapping[str, Metric],
+    records: Sequence[ImageRecord],
+    reference: Sequence[ImageRecord] | None,
+    cache: MetricsCache,
+    groups: Mapping[tuple, list[int]],
+    progress: bool,
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Step 3: image-level metrics over all images, then their per-group means and failure counts."""
+    image_rows: list[dict[str, Any]] = [{} for _ in records]
+    summaries: dict[str, list[dict[str, Any]]] = {}
+    image_metrics = [m for m in instances.values() if m.level == "image"]
+    for metric in tqdm(image_metrics, desc="image metrics", disable=not progress):
+        rows = _image_level(metric, records, reference, cache)
+        for target, row in zip(image_rows, rows, strict=True):
+            target.update(row)
+        summaries[metric.name] = [_summarise([rows[i] for i in indices]) for indices in groups.values()]
+    return image_rows, summaries
+
+
+def _group_metrics(
+    instances: Mapping[str, Metric],
+    records: Sequence[ImageRecord],
+    reference: Sequence[ImageRecord] | None,
+    groups: Mapping[tuple, list[int]],
+    group_by: Sequence[str],
+    summaries: Mapping[str, list[dict[str, Any]]],
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Step 4: group-level metrics per group, fed the group's results of the metrics they require."""
+    group_rows = []
+    group_metrics = [m for m in instances.values() if m.level == "group"]
+    for g, (key, indices) in enumerate(tqdm(groups.items(), desc="groups", disable=not progress)):
+        members = [records[i] for i in indices]
+        results = {name: rows[g] for name, rows in summaries.items()}
+        for metric in group_metrics:
+            inputs = {name: results[name] for name in metric.requires}
+            rows = metric.compute(members, reference=reference, inputs=inputs)
+            if len(rows) != 1:
+                raise RuntimeError(f"group metric {metric.name} returned {len(rows)} rows instead of 1")
+            results[metric.name] = rows[0]
+        row = {**dict(zip(group_by, key, strict=True)), "n": len(indices)}
+        for name in instances:
+            row.update(results[name])
+        group_rows.append(row)
+    return group_rows
 
 
 def _build_metrics(names: Iterable[str], options: Mapping[str, Mapping[str, Any]]) -> dict[str, Metric]:
@@ -252,10 +299,16 @@ def _group_values(record: ImageRecord, group_by: Sequence[str]) -> dict[str, Any
 
 
 def _group(records: Sequence[ImageRecord], group_by: tuple[str, ...]) -> dict[tuple, list[int]]:
-    """Indices of ``records`` per distinct tuple of ``group_by`` values, in order of first appearance."""
+    return group_indices(_group_values(record, group_by).values() for record in records)
+
+
+def group_indices(rows: Iterable[Iterable[Any]]) -> dict[tuple, list[int]]:
+    """Indices of the rows with equal values, per distinct values, in order of first appearance.
+
+    Lists and tables (JSON values) compare by content, as their JSON text.
+    """
     groups: dict[tuple, list[int]] = {}
-    for i, record in enumerate(records):
-        values = _group_values(record, group_by).values()
+    for i, values in enumerate(rows):
         key = tuple(json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v for v in values)
         groups.setdefault(key, []).append(i)
     return groups

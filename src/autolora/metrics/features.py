@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
 from PIL import Image
 
+from autolora.devices import default_device, torch_dtype
 from autolora.errors import ConfigError, InputFileError
 from autolora.metrics.cache import MetricsCache
 from autolora.metrics.registry import ImageRecord, Metric, Registry
@@ -40,21 +41,12 @@ class FeatureExtractor(ABC):
 
 
 EXTRACTORS: Registry[FeatureExtractor] = Registry("feature extractor")
-
-
-def register_extractor(name: str) -> Callable[[type[FeatureExtractor]], type[FeatureExtractor]]:
-    """Class decorator that makes a feature extractor available under ``name``."""
-    return EXTRACTORS.register(name)
-
-
-def available_extractors() -> list[str]:
-    """Names of every registered feature extractor, sorted."""
-    return EXTRACTORS.names()
-
-
-def get_extractor(name: str, **options: Any) -> FeatureExtractor:
-    """An instance of the extractor called ``name``; unknown names or options raise ``ConfigError``."""
-    return EXTRACTORS.create(name, **options)
+#: Class decorator that makes a feature extractor available under a name.
+register_extractor = EXTRACTORS.register
+#: Names of every registered feature extractor (the plugins' included), sorted.
+available_extractors = EXTRACTORS.names
+#: ``get_extractor(name, **options)``: an instance; unknown names or options raise ``ConfigError``.
+get_extractor = EXTRACTORS.create
 
 
 class FeatureMetric(Metric):
@@ -106,7 +98,7 @@ class TransformersExtractor(FeatureExtractor):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}")
         super().__init__(**recorded)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         self.batch_size = batch_size
 
     @functools.cached_property
@@ -116,7 +108,7 @@ class TransformersExtractor(FeatureExtractor):
 
         model_id = self.options["model"]
         try:
-            model = self.model_class().from_pretrained(model_id, dtype=getattr(torch, self.options["dtype"]))
+            model = self.model_class().from_pretrained(model_id, dtype=torch_dtype(self.options["dtype"]))
             processor = AutoImageProcessor.from_pretrained(model_id)
         except (OSError, ValueError) as error:  # ValueError: not a valid repository id
             raise InputFileError(f"cannot load {self.name} model {model_id!r}: {error}") from None

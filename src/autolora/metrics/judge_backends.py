@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import http.client
 import io
 import itertools
 import json
@@ -17,8 +16,6 @@ import os
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +23,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from PIL import Image
 
+from autolora.devices import default_device
 from autolora.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -120,6 +119,9 @@ class OpenAIBackend(JudgeBackend):
     def __post_init__(self) -> None:
         self._endpoint = self.url.rstrip("/") + "/chat/completions"
         self._schema_refused = threading.Event()
+        # One pooled client: thousands of requests reuse their connections (httpx is thread-safe).
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._client = httpx.Client(headers=headers, timeout=self.timeout)
 
     def ask_many(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -164,13 +166,10 @@ class OpenAIBackend(JudgeBackend):
         return body
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        """POST ``body``, retrying 429, 5xx, timeouts and refused connections (the retry policy)."""
         for attempt in itertools.count():
             try:
-                return self._post_once(data, headers)
+                return self._post_once(body)
             except JudgeTransportError as error:
                 if error.status not in _RETRYABLE and not error.status.startswith("http_5"):
                     raise
@@ -182,37 +181,28 @@ class OpenAIBackend(JudgeBackend):
                     delay = min(self.max_backoff, self.backoff * 2**attempt)
                     self.sleep(delay * (1 + random.random() / 2))  # jitter spreads out parallel retries
 
-    def _post_once(self, data: bytes, headers: dict[str, str]) -> dict[str, Any]:
-        request = urllib.request.Request(self._endpoint, data=data, headers=headers, method="POST")
+    def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as error:
-            detail = error.read()[:500].decode(errors="replace")
-            raise JudgeTransportError(
-                f"http_{error.code}",
-                f"HTTP {error.code} from {self._endpoint}: {detail}",
-                _retry_after_seconds(error.headers.get("Retry-After")),
-            ) from None
-        except TimeoutError:
+            response = self._client.post(self._endpoint, json=body)
+        except httpx.TimeoutException:
             raise JudgeTransportError(
                 "timeout", f"no reply from {self._endpoint} in {self.timeout} s"
             ) from None
-        except urllib.error.URLError as error:
-            if isinstance(error.reason, TimeoutError):
-                raise JudgeTransportError(
-                    "timeout", f"no reply from {self._endpoint} in {self.timeout} s"
-                ) from None
+        except httpx.TransportError as error:  # refused, reset, or cut off while reading the reply
             raise JudgeTransportError(
-                "connection_error", f"cannot reach {self._endpoint}: {error.reason}"
+                "connection_error", f"cannot reach {self._endpoint}: {error!r}"
             ) from None
-        except (ConnectionError, http.client.HTTPException) as error:  # cut off while reading the reply
-            raise JudgeTransportError("connection_error", f"{self._endpoint} broke off: {error!r}") from None
+        if response.is_error:
+            raise JudgeTransportError(
+                f"http_{response.status_code}",
+                f"HTTP {response.status_code} from {self._endpoint}: {response.text[:500]}",
+                _retry_after_seconds(response.headers.get("Retry-After")),
+            )
         try:
-            return json.loads(payload)
+            return response.json()
         except json.JSONDecodeError:
             raise JudgeTransportError(
-                "bad_response", f"{self._endpoint} answered non-JSON: {payload[:200]!r}"
+                "bad_response", f"{self._endpoint} answered non-JSON: {response.content[:200]!r}"
             ) from None
 
     def _redact(self, text: str) -> str:
@@ -254,10 +244,9 @@ class TransformersBackend(JudgeBackend):
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
             # Imported here: the server backend, the common case, should not pay for loading transformers.
-            import torch
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
-            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            device = self.device or default_device()
             try:
                 processor = AutoProcessor.from_pretrained(self.model)
                 model = AutoModelForImageTextToText.from_pretrained(

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from PIL import Image
 
 from autolora.errors import ConfigError
+from autolora.sources import load_plugins
 
 T = TypeVar("T")
 
@@ -83,7 +84,8 @@ class Registry(Generic[T]):
         return decorator
 
     def names(self) -> list[str]:
-        """Every registered name, sorted."""
+        """Every registered name (the plugins' included), sorted."""
+        load_plugins()
         return sorted(self._classes)
 
     def create(self, name: str, **options: Any) -> T:
@@ -91,6 +93,8 @@ class Registry(Generic[T]):
 
         Unknown names, and options the class does not accept, raise ``ConfigError`` naming the problem.
         """
+        if name not in self._classes:
+            load_plugins()
         try:
             cls = self._classes[name]
         except KeyError:
@@ -105,18 +109,9 @@ class Registry(Generic[T]):
 
 
 METRICS: Registry[Metric] = Registry("metric")
-
-
-def register_metric(name: str) -> Callable[[type[Metric]], type[Metric]]:
-    """Class decorator that makes a metric available under ``name``."""
-    return METRICS.register(name)
-
-
-def available_metrics() -> list[str]:
-    """Names of every registered metric, sorted."""
-    return METRICS.names()
-
-
-def get_metric(name: str, **options: Any) -> Metric:
-    """An instance of the metric called ``name``; unknown names raise ``ConfigError`` listing the known ones."""
-    return METRICS.create(name, **options)
+#: Class decorator that makes a metric available under a name: ``@register_metric("diversity")``.
+register_metric = METRICS.register
+#: Names of every registered metric (the plugins' included), sorted.
+available_metrics = METRICS.names
+#: ``get_metric(name, **options)``: an instance; unknown names or options raise ``ConfigError``.
+get_metric = METRICS.create

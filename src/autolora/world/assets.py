@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from diffusers import StableDiffusionPipeline
-
 from autolora.errors import ConfigError, InputFileError
 
 ASSETS_DIR = Path(__file__).parent / "assets"
@@ -35,7 +33,7 @@ class LoRAInfo:
     prompt: str
 
 
-def _require(path: Path, what: str) -> Path:
+def _existing(path: Path, what: str) -> Path:
     if not path.exists():
         raise InputFileError(
             f"the miniature world has no {what} at {path}; run `python -m autolora.world.train all`"
@@ -45,12 +43,12 @@ def _require(path: Path, what: str) -> Path:
 
 def base_pipeline_path() -> Path:
     """The folder of the miniature base pipeline (diffusers layout)."""
-    return _require(ASSETS_DIR / "pipeline", "base pipeline")
+    return _existing(ASSETS_DIR / "pipeline", "base pipeline")
 
 
 @functools.cache
 def _lora_index() -> dict[str, dict]:
-    return json.loads(_require(ASSETS_DIR / "loras" / "index.json", "LoRA index").read_text())
+    return json.loads(_existing(ASSETS_DIR / "loras" / "index.json", "LoRA index").read_text())
 
 
 def available_loras() -> list[str]:
@@ -67,7 +65,7 @@ def _entry(name: str) -> dict:
 
 def lora_path(name: str) -> Path:
     """The safetensors file of the LoRA ``name``; unknown names raise ``ConfigError`` listing the known ones."""
-    return _require(
+    return _existing(
         ASSETS_DIR / "loras" / _entry(name).get("file", f"{name}.safetensors"), f"LoRA file {name!r}"
     )
 
@@ -76,12 +74,3 @@ def lora_info(name: str) -> LoRAInfo:
     """What the LoRA ``name`` renders and a prompt that exercises it."""
     entry = _entry(name)
     return LoRAInfo(name, entry["kind"], entry["style"], entry["digit"], entry["trigger"], entry["prompt"])
-
-
-def load_world_pipeline() -> StableDiffusionPipeline:
-    """The miniature base pipeline on CPU, loaded by diffusers' own ``from_pretrained``."""
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        str(base_pipeline_path()), safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline

@@ -32,10 +32,11 @@ from torch import nn
 from autolora.errors import ConfigError, InputFileError
 from autolora.metrics.features import FeatureExtractor, register_extractor
 from autolora.metrics.registry import ImageRecord, Metric, register_metric
+from autolora.world.assets import ASSETS_DIR
 from autolora.world.styles import DIGIT_NAMES, IMAGE_SIZE, STYLES, sample_style
 from autolora.world.training import StageResult, images_to_tensor, run_stage, write_json
 
-EVALUATORS_DIR = Path(__file__).parent / "assets" / "evaluators"
+EVALUATORS_DIR = ASSETS_DIR / "evaluators"
 WIDTH = 16
 FEATURE_DIM = 32
 TRAIN_STEPS = 1500

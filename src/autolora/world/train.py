@@ -25,6 +25,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
 
 from autolora.world import components
+from autolora.world.assets import ASSETS_DIR
 from autolora.world.styles import STYLES, Sample, is_held_out, load_digits, sample_style
 from autolora.world.training import (
     StageResult,
@@ -37,7 +38,7 @@ from autolora.world.training import (
 
 logger = logging.getLogger("autolora.world.train")
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = ASSETS_DIR
 STAGES = ("vae", "base", "loras", "evaluators")
 VAE_STEPS = 500
 BASE_STEPS = 6000
