@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from tiny_pipelines import random_lora_state_dict, tiny_pipeline
 
 from autolora.lora import to_kohya_state_dict
+from autolora.testing import random_lora_state_dict, tiny_pipeline
 
 RANKS = (2, 4, 4, 8, 4, 4)
 

@@ -244,7 +244,7 @@ def test_app_command_refuses_bad_options_before_loading(tmp_path, capsys):
 
 
 def test_any_model_with_a_lora_file_works_like_the_world(tmp_path):
-    from tiny_pipelines import random_lora_file, tiny_pipeline
+    from autolora.testing import random_lora_file, tiny_pipeline
 
     pipe = tiny_pipeline("sd15", tmp_path / "tokenizer")
     pipe.save_pretrained(tmp_path / "model")

@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_pipelines import random_lora_file, tiny_pipeline
 
 from autolora import generate, load_lora
 from autolora.cfg_hooks import noise_level
 from autolora.errors import ConfigError
 from autolora.guidance import CADSSchedule, cads_condition, cads_gamma, cfg, interval_cfg
+from autolora.testing import random_lora_file, tiny_pipeline
 
 PROMPT = "a photo of sks cat"
 W = 4.5

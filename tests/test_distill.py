@@ -1,12 +1,12 @@
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_pipelines import random_lora_file, tiny_pipeline
 
 from autolora import generate, load_lora
 from autolora.cli import main
 from autolora.distill import DistillConfig, distill
 from autolora.errors import ConfigError
+from autolora.testing import random_lora_file, tiny_pipeline
 
 PROMPT = "a photo of sks cat"
 CONFIG = {

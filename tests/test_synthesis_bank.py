@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from synthesis_fixtures import RANKS, save_tiny_base, write_lora_folder
-from tiny_pipelines import random_lora_state_dict, tiny_pipeline
 
 from autolora.errors import IncompatibleLoRAError, InputFileError
 from autolora.synthesis.bank import Bank, build_bank
 from autolora.synthesis.canonical import Layout, canonicalize, read_lora_modules
+from autolora.testing import random_lora_state_dict, tiny_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from synthesis_fixtures import save_tiny_base, tiny_clip_folder, write_lora_folder
-from tiny_pipelines import random_lora_state_dict, tiny_pipeline
 
 from autolora import generate, load_lora
 from autolora.cli import main
 from autolora.synthesis.prior import load_prior
 from autolora.synthesis.synth import FarConditionWarning, synthesize
+from autolora.testing import random_lora_state_dict, tiny_pipeline
 
 OPTIONS = {"num_inference_steps": 2, "height": 32, "width": 32, "output_type": "np", "progress": False}
 TINY = [

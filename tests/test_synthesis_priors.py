@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 from synthesis_fixtures import RANKS, save_tiny_base, tiny_clip_folder, write_lora_folder
-from tiny_pipelines import tiny_pipeline
 
 from autolora.errors import ConfigError
 from autolora.synthesis.bank import build_bank
@@ -12,6 +11,7 @@ from autolora.synthesis.pca import PCAPrior
 from autolora.synthesis.pclora import CoefficientLoRA, fit_coefficients
 from autolora.synthesis.prior import PRIORS, Prior, load_prior
 from autolora.synthesis.training import train_prior
+from autolora.testing import tiny_pipeline
 
 TINY = {
     "token_dim": 8,
