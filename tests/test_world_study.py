@@ -1,7 +1,6 @@
 import pandas as pd
-import pytest
 
-from autolora.world.study import bootstrap_ci, summarise
+from autolora.world.study import summarise
 
 
 def _results():
@@ -28,12 +27,6 @@ def test_summary_counts_shared_base_prompts_once_and_pairs_the_gap():
     summary = summarise(_results()).set_index("method")
     assert summary.loc["base", "prompts"] == 2 and summary.loc["lora", "prompts"] == 4
     assert summary.loc["lora - base (paired)", "diversity"].startswith("-0.400 [-0.400, -0.400]")
-
-
-def test_bootstrap_interval_contains_the_mean_and_collapses_for_constants():
-    assert bootstrap_ci(pd.Series([0.2] * 5).to_numpy()) == pytest.approx((0.2, 0.2))
-    low, high = bootstrap_ci(pd.Series([0.0, 1.0, 0.5, 0.25]).to_numpy())
-    assert low <= 0.4375 <= high
 
 
 def test_study_lists_the_shipped_style_loras_without_character_or_format_twins():

@@ -308,7 +308,7 @@ class _TrialRunner:
     def objective(self, trial: Any, study: Any) -> tuple[float, float]:
         import optuna
 
-        from autolora.experiments.report import mean_ci95
+        from autolora.stats import mean_ci95
 
         started = time.monotonic()
         params = _suggest(trial, self.spec.methods, self.default_cfg)
