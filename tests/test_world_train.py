@@ -14,7 +14,7 @@ from autolora.metrics.features import get_extractor
 from autolora.world import components, fidelity, train
 from autolora.world.evaluators import load_evaluators
 from autolora.world.styles import STYLES, sample_style
-from autolora.world.training import learning_rate_factor, run_stage
+from autolora.world.training import Schedule, learning_rate_factor, run_stage
 
 
 @pytest.fixture(scope="module")
@@ -85,18 +85,8 @@ def _train(checkpoint, crash_at: int | None = None) -> tuple[torch.Tensor, int]:
         batch = data[torch.randint(64, (8,), generator=generator)]
         return (model(batch) - batch.sum(1, keepdim=True)).pow(2).mean()
 
-    run_stage(
-        "toy",
-        {"model": model},
-        model.parameters(),
-        loss_fn,
-        steps=8,
-        seed=1,
-        learning_rate=0.1,
-        checkpoint=checkpoint,
-        checkpoint_every=2,
-        warmup=3,
-    )
+    schedule = Schedule(8, learning_rate=0.1, warmup=3, checkpoint_every=2)
+    run_stage("toy", {"model": model}, model.parameters(), loss_fn, schedule, seed=1, checkpoint=checkpoint)
     return model.weight.detach().clone(), next(calls)
 
 

@@ -51,6 +51,11 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TRANSFORMER_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
+# What the SD3 and Flux builders share: a one-layer MMDiT on unpatched latents, and the VAE's latent shift and
+# scale of those models.
+_MMDIT = dict(patch_size=1, num_layers=1, joint_attention_dim=32)
+_FLOW_VAE = dict(shift_factor=0.0609, scaling_factor=1.5035)
+
 
 def _clip_text_encoder(tokenizer, projection: bool, hidden_size: int = 32):
     config = CLIPTextConfig(
@@ -196,19 +201,11 @@ def tiny_sdxl(folder: str | Path) -> StableDiffusionXLPipeline:
 def tiny_sd3(folder: str | Path) -> StableDiffusion3Pipeline:
     """A random SD3-shaped pipeline (MMDiT, two CLIP text encoders and a T5)."""
     torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(
-        sample_size=16,
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        caption_projection_dim=32,
-        joint_attention_dim=32,
-        pooled_projection_dim=64,
-        out_channels=4,
+    sizes = dict(
+        sample_size=16, in_channels=4, out_channels=4, caption_projection_dim=32, pooled_projection_dim=64
     )
-    vae = _vae(shift_factor=0.0609, scaling_factor=1.5035)
+    transformer = SD3Transformer2DModel(**_MMDIT, **sizes, attention_head_dim=8, num_attention_heads=4)
+    vae = _vae(**_FLOW_VAE)
     encoders = _text_encoders(folder, ("clip+projection", "clip+projection", "t5"))
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, **encoders
@@ -219,19 +216,11 @@ def tiny_sd3(folder: str | Path) -> StableDiffusion3Pipeline:
 def tiny_flux(folder: str | Path) -> FluxPipeline:
     """A random Flux-shaped pipeline (guidance-distilled MMDiT, one CLIP and a T5)."""
     torch.manual_seed(0)
+    sizes = dict(in_channels=16, num_single_layers=1, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
     transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-        guidance_embeds=True,
+        **_MMDIT, **sizes, attention_head_dim=16, num_attention_heads=2, guidance_embeds=True
     )
-    vae = _vae(latent_channels=4, shift_factor=0.0609, scaling_factor=1.5035)
+    vae = _vae(latent_channels=4, **_FLOW_VAE)
     encoders = _text_encoders(folder, ("clip", "t5"))
     pipe = FluxPipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, **encoders

@@ -60,26 +60,36 @@ def learning_rate_factor(step: int, steps: int, warmup: int) -> float:
     return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How long and how fast a stage trains: AdamW steps, learning rate and weight decay, warm-up steps
+    (capped at ``steps``; 0: a constant learning rate) and steps between checkpoints."""
+
+    steps: int
+    learning_rate: float
+    warmup: int = 0
+    checkpoint_every: int = 200
+    weight_decay: float = 1e-2
+
+
 def run_stage(
     name: str,
     modules: dict[str, nn.Module],
     parameters: Iterable[nn.Parameter],
     loss_fn: Callable[[torch.Generator], torch.Tensor],
+    schedule: Schedule,
     *,
-    steps: int,
     seed: int,
-    learning_rate: float,
     checkpoint: Path | None = None,
-    checkpoint_every: int = 200,
     ema: EMAModel | None = None,
-    weight_decay: float = 1e-2,
-    warmup: int = 0,
 ) -> StageResult:
-    """Train ``modules`` for ``steps`` AdamW steps on ``loss_fn``, resuming from ``checkpoint`` if present.
+    """Train ``modules`` on ``loss_fn`` as ``schedule`` says, resuming from ``checkpoint`` if present.
 
-    With ``warmup`` > 0 the learning rate warms up and then decays (``learning_rate_factor``);
-    with 0 it stays constant.
+    With a warm-up the learning rate warms up and then decays (``learning_rate_factor``); without, it
+    stays constant.
     """
+    steps, learning_rate, weight_decay = schedule.steps, schedule.learning_rate, schedule.weight_decay
+    warmup, checkpoint_every = min(schedule.warmup, steps), schedule.checkpoint_every
     parameters = list(parameters)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
