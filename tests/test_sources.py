@@ -90,7 +90,8 @@ def test_local_path_or_hub_id(source, local):
 
 def test_core_modules_do_not_import_the_world_until_a_world_name_is_looked_up():
     code = (
-        "import sys, autolora.pipelines, autolora.lora, autolora.metrics, autolora.experiments.report; "
+        "import sys, autolora.pipelines, autolora.lora, autolora.metrics, autolora.experiments.report, "
+        "autolora.distill, autolora.tune, autolora.synthesis.bank; "
         "assert not [m for m in sys.modules if m.startswith('autolora.world')], 'world imported'; "
         "assert autolora.metrics.get_metric('world:digit').name == 'world:digit'"
     )

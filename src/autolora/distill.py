@@ -42,7 +42,7 @@ from autolora.pipelines import (
     generate,
     pipeline_family,
 )
-from autolora.world.training import Schedule, StageResult, run_stage
+from autolora.training import Schedule, StageResult, run_stage
 
 logger = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ from torch import nn
 from autolora.errors import ConfigError, InputFileError
 from autolora.metrics.features import FeatureExtractor, register_extractor
 from autolora.metrics.registry import ImageRecord, Metric, register_metric
+from autolora.training import Schedule, StageResult, run_stage
 from autolora.world.assets import ASSETS_DIR
 from autolora.world.styles import (
     DIGIT_NAMES,
@@ -42,14 +43,7 @@ from autolora.world.styles import (
     random_style_names,
     sample_styles,
 )
-from autolora.world.training import (
-    Schedule,
-    StageResult,
-    images_to_tensor,
-    run_stage,
-    training_device,
-    write_json,
-)
+from autolora.world.training import images_to_tensor, training_device, write_json
 
 if TYPE_CHECKING:
     from autolora.world.train import Plan

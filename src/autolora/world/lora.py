@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from autolora.errors import ConfigError, InputFileError
 from autolora.images import IMAGE_SUFFIXES
 from autolora.lora import to_kohya_state_dict
+from autolora.training import Schedule, StageResult, run_stage
 from autolora.world import training
 from autolora.world.lora_config import LoRATrainingConfig
 from autolora.world.styles import STYLES, get_style, sample_style
@@ -150,7 +151,7 @@ def train_lora(
     out_file: str | Path,
     config: LoRATrainingConfig | None = None,
     kohya_file: str | Path | None = None,
-) -> training.StageResult:
+) -> StageResult:
     """Train a UNet LoRA on ``images``/``captions`` and save it to ``out_file`` (diffusers format).
 
     The loss is the base model's (``autolora.world.training.denoising_loss``), on the forward process
@@ -180,10 +181,8 @@ def train_lora(
         )
         return training.denoising_loss(unet, noise_schedule, latents, encoded.hidden_states[index], generator)
 
-    schedule = training.Schedule(
-        config.steps, config.learning_rate, checkpoint_every=config.steps, weight_decay=0.0
-    )
-    result = training.run_stage("lora", {}, trainable, loss_fn, schedule, seed=config.seed)
+    schedule = Schedule(config.steps, config.learning_rate, checkpoint_every=config.steps, weight_decay=0.0)
+    result = run_stage("lora", {}, trainable, loss_fn, schedule, seed=config.seed)
     save_lora(unet, Path(out_file), config, Path(kohya_file) if kohya_file is not None else None)
     unet.delete_adapters("default")
     return result
@@ -295,13 +294,13 @@ def train_lora_bank(
     return index
 
 
-def train_world_loras(out: Path, config: LoRATrainingConfig, images: int, seed: int) -> training.StageResult:
+def train_world_loras(out: Path, config: LoRATrainingConfig, images: int, seed: int) -> StageResult:
     """Stage 4: one LoRA per non-base named style into ``out/loras``, described in ``loras/index.json``."""
     pipeline = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
     names = [name for name, style in STYLES.items() if style.kind != "base"]
     index = train_lora_bank(pipeline, names, out / "loras", config, images, seed)
     trained = [index[name] for name in names]
-    return training.StageResult(
+    return StageResult(
         steps=sum(entry["training"]["steps"] for entry in trained),
         final_loss=trained[-1]["final_loss"],
         cpu_seconds=sum(entry["cpu_seconds"] for entry in trained),

@@ -28,6 +28,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
 
+from autolora.training import Schedule, StageResult, run_stage
 from autolora.world import components
 from autolora.world.assets import ASSETS_DIR
 from autolora.world.lora_config import LoRATrainingConfig
@@ -41,14 +42,11 @@ from autolora.world.styles import (
     sample_styles,
 )
 from autolora.world.training import (
-    Schedule,
-    StageResult,
     denoising_loss,
     draw_latents,
     encode_captions,
     images_to_tensor,
     read_json,
-    run_stage,
     training_device,
     write_json,
 )
