@@ -278,7 +278,7 @@ TUNE_VALUES = {
     "adherence_metric": "world:style",
     "adherence_column": "",
     "metric_options": "",
-    "floor": None,
+    "floor": 0,
     "floor_ratio": 0.9,
     "sampler_seed": 0,
     "prompt": "a seven in neon style",
@@ -306,6 +306,8 @@ def test_tune_tab_runs_autolora_tune_on_the_loaded_model_as_the_cli_does(engine,
     table = outputs["table"]
     assert list(table.columns) == ui.TUNE_COLUMNS and len(table) == 2
     assert all(math.isfinite(v) for v in table[["diversity", "adherence"]].to_numpy().ravel())
+    reference = table.set_index("trial").loc[0]
+    assert f"(floor {0.9 * reference['adherence']:.3f})" in outputs["status"]  # the page's floor 0: relative
     assert [Path(f).name for f in outputs["files"]] == ["tuned.toml", "front.csv"]
     assert Path(outputs["plot"]).name == "pareto-diversity-vs-style_score.png"
     assert [(args[0], kwargs["unit"]) for args, kwargs in reported] == [
@@ -365,7 +367,8 @@ def test_use_this_setting_gives_the_compare_tab_the_tuned_setting(engine, contro
             )
 
 
-def test_stopped_tune_ends_after_its_trial_and_resumes_when_run_again(engine):
+def test_stopped_tune_ends_after_its_trial_and_resumes_when_run_again(tmp_path):
+    engine = Engine(load_pipeline("world"), model="world", out=tmp_path)  # no LoRA loaded yet
     values = {**TUNE_VALUES, "sampler_seed": 7, "methods": ["lora"]}
     engine.cancel("stopper")
     stopped = ui.run_tune(engine, values, "stopper")

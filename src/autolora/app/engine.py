@@ -383,6 +383,7 @@ class Engine:
             if on_trial is not None:
                 on_trial(done, line)
 
+        self.add_lora(request.lora)
         with self.lock:
             self.pipe.set_adapters([self.adapters[request.lora]], [request.lora_scale])
             return tune(request.spec, request.out, progress=False, log=log, pipe=self.pipe)

@@ -147,7 +147,7 @@ def run_tune(engine: Engine, values: dict[str, Any], session: str, progress: Any
                 adherence_metric=values["adherence_metric"] or "",
                 adherence_column=(values["adherence_column"] or "").strip() or None,
                 metric_options=options,
-                floor=values["floor"],
+                floor=values["floor"] or None,  # the page's 0: no absolute floor
                 floor_ratio=values["floor_ratio"],
                 sampler_seed=values["sampler_seed"],
             )
@@ -479,7 +479,7 @@ def _tune_tab(engine: Engine) -> dict[str, Any]:
                     label="metric options, METRIC.KEY=VALUE one a line", lines=2, elem_id="tune-options"
                 ),
                 "floor": gr.Number(
-                    value=None, label="adherence floor (empty: the fraction below)", elem_id="tune-floor"
+                    value=0, minimum=0, label="adherence floor (0: the fraction below)", elem_id="tune-floor"
                 ),
                 "floor_ratio": gr.Slider(
                     0.05,
@@ -499,25 +499,27 @@ def _tune_tab(engine: Engine) -> dict[str, Any]:
             }
         with gr.Column(scale=3):
             widgets["status"] = gr.Markdown(elem_id="tune-status")
+            widgets["table"] = gr.Dataframe(
+                value=pd.DataFrame(columns=TUNE_COLUMNS),
+                label="Trials, the Pareto front first",
+                interactive=False,
+                wrap=True,
+                column_widths=["7%", "12%", "41%", "10%", "10%", "10%", "10%"],
+                elem_id="tune-front",
+            )
             with gr.Row():
                 widgets["plot"] = gr.Image(
-                    label="Pareto front", type="filepath", interactive=False, elem_id="tune-plot"
+                    label="Pareto front", type="filepath", interactive=False, scale=3, elem_id="tune-plot"
                 )
-                widgets["table"] = gr.Dataframe(
-                    value=pd.DataFrame(columns=TUNE_COLUMNS),
-                    label="Trials, the Pareto front first",
-                    interactive=False,
-                    elem_id="tune-front",
-                )
-            with gr.Row():
-                widgets["choice"] = gr.Dropdown([], label="setting", scale=3, elem_id="tune-choice")
-                widgets["use"] = gr.Button("Use this setting", scale=1, elem_id="tune-use")
-            widgets["files"] = gr.File(
-                label="tuned.toml (autolora generate --preset) and front.csv",
-                file_count="multiple",
-                interactive=False,
-                elem_id="tune-files",
-            )
+                with gr.Column(scale=2):
+                    widgets["choice"] = gr.Dropdown([], label="setting", elem_id="tune-choice")
+                    widgets["use"] = gr.Button("Use this setting", elem_id="tune-use")
+                    widgets["files"] = gr.File(
+                        label="tuned.toml (autolora generate --preset) and front.csv",
+                        file_count="multiple",
+                        interactive=False,
+                        elem_id="tune-files",
+                    )
             widgets["command"] = gr.Textbox(
                 label="The same search from the command line",
                 buttons=["copy"],
