@@ -497,3 +497,24 @@ def test_a_prior_of_another_base_model_is_refused_naming_both(engine, tmp_path):
         status.startswith("**Error:** prior ")
         and f"is for base model {base}, not this app's model world" in status
     )
+
+
+def test_a_pca_prior_makes_the_lora_by_inversion_on_the_app_s_model_as_the_cli_does(engine, prior, tmp_path):
+    from app_fixtures import reference_images
+    from safetensors.torch import load_file
+
+    from autolora.synthesis import Bank, PriorConfig, train_prior
+
+    train_prior(Bank.open(prior.parent / "bank"), PriorConfig(kind="pca", components=2), tmp_path / "pca")
+    refs = [str(p) for p in reference_images(tmp_path / "refs", 5)]
+    request = engine.request(replace(CONTROLS, num_images=1))
+    before = engine.render(request, "lora")
+    _, file, status = ui.make_lora(engine, str(tmp_path / "pca"), refs, "", 0, 1.0, 2)
+    assert status.startswith("Made made-") and file in engine.lora_choices()
+    cli = ["synth", "--prior", str(tmp_path / "pca"), "--ref", *refs, "--base", "world", "--fit-steps", "2"]
+    assert main([*cli, "--out", str(tmp_path / "cli.safetensors")]) == 0
+    made, expected = load_file(file), load_file(tmp_path / "cli.safetensors")
+    assert all(torch.allclose(made[k], expected[k], atol=1e-6) for k in expected)
+    # The inversion's adapter is gone: the other LoRAs render as before.
+    again = engine.render(request, "lora")
+    assert np.array_equal(pixels(Image.open(before[0])), pixels(Image.open(again[0])))

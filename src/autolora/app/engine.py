@@ -416,11 +416,12 @@ class Engine:
         *,
         seed: int = 0,
         guidance: float = 1.0,
+        fit_steps: int = 200,
         name: str = "",
     ) -> MadeLoRA:
         """A LoRA from reference ``images`` with ``autolora.synthesis.synthesize``, loaded and offered here.
 
-        A PCA prior inverts the images on this pipeline (``fit_steps`` 200, empty captions), as
+        A PCA prior inverts the images on this pipeline in ``fit_steps`` steps (empty captions), as
         ``autolora synth --base`` does. The file is named after ``name`` and a hash of its inputs.
         """
         import re
@@ -431,8 +432,11 @@ class Engine:
         if not images:
             raise ConfigError("no reference images: upload a few images of the style or subject")
         prior = self.check_prior(prior_path)
-        seed = _whole(seed, "seed")
-        digest = hashlib.sha256(f"{Path(prior_path).resolve()}\0{seed}\0{guidance!r}".encode())
+        seed, fit_steps = _whole(seed, "seed"), _whole(fit_steps, "inversion steps")
+        if fit_steps < 1:
+            raise ConfigError(f"inversion steps must be at least 1, got {fit_steps}")
+        settings = (Path(prior_path).resolve(), seed, guidance, fit_steps if not prior.conditional else None)
+        digest = hashlib.sha256("\0".join(map(repr, settings)).encode())
         for image in images:
             digest.update(Path(image).read_bytes())
         stem = re.sub(r"[^\w-]", "_", name.strip()) or "made"
@@ -445,7 +449,14 @@ class Engine:
         with self.lock, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FarConditionWarning)
             result = synthesize(
-                prior, images, path, seed=seed, guidance=guidance, encoder=encoder, pipe=self.pipe
+                prior,
+                images,
+                path,
+                seed=seed,
+                guidance=guidance,
+                encoder=encoder,
+                pipe=self.pipe,
+                fit_steps=fit_steps,
             )
         self.add_lora(str(path))
         far = [str(w.message) for w in caught if issubclass(w.category, FarConditionWarning)]

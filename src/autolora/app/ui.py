@@ -1,10 +1,12 @@
-"""The web page of ``autolora app`` (Gradio): controls, one column per method, metrics, the command line.
+"""The web page of ``autolora app`` (Gradio): the Compare, Make a LoRA and Tune tabs on one ``Engine``.
 
-Generate runs as a chain of events: ``prepare`` checks the controls once into a ``Request``, then each
-method's column is rendered from that same request (so every column has its own progress bar and a
-control moved mid-run cannot mix two requests), then the metrics are measured. Gradio's queue runs one
-event at a time (``default_concurrency_limit=1``); Stop is outside the queue and ends the running column
-at its next step.
+Compare's Generate runs as a chain of events: ``prepare`` checks the controls once into a ``Request``,
+then each method's column is rendered from that same request (so every column has its own progress bar
+and a control moved mid-run cannot mix two requests), then the metrics are measured. Tune is one event
+(``run_tune``) with a progress bar per trial; Make a LoRA is one event (``make_lora``). Gradio's queue
+runs one event at a time (``default_concurrency_limit=1``) and the engine's lock keeps the pipeline to
+one of them; Stop is outside the queue and ends the running column at its next step, or the search
+after its running trial.
 """
 
 from __future__ import annotations
@@ -284,12 +286,15 @@ def make_lora(
     name: str,
     seed: float,
     guidance: float,
+    fit_steps: float = 200,
 ) -> tuple[Any, Any, str]:
     """Make a LoRA from the uploaded images: the LoRA dropdown (the new one chosen), its file, a status line."""
     if prior is None:
         return gr.update(), None, NO_PRIOR
     try:
-        made = engine.make_lora(prior, images or [], seed=seed, guidance=guidance, name=name or "")
+        made = engine.make_lora(
+            prior, images or [], seed=seed, guidance=guidance, fit_steps=fit_steps, name=name or ""
+        )
     except AutoLoRAError as error:
         return gr.update(), None, f"**Error:** {one_line(error)}"
     status = f"Made {made.path.name} from {len(images or [])} image(s) in {made.seconds:.2f} s; it is chosen in the Compare tab."
@@ -411,6 +416,9 @@ def _make_tab(engine: Engine) -> dict[str, Any]:
                 label="guidance on the images (diffusion prior)",
                 elem_id="make-guidance",
             )
+            widgets["fit_steps"] = gr.Slider(
+                1, 1000, value=200, step=1, label="inversion steps (PCA prior)", elem_id="make-fit-steps"
+            )
             widgets["run"] = gr.Button("Make the LoRA", variant="primary", elem_id="make-run")
         with gr.Column(scale=2):
             widgets["status"] = gr.Markdown(elem_id="make-status")
@@ -423,7 +431,7 @@ def _make_events(engine: Engine, make: dict[str, Any], lora: Any) -> None:
     make["prior_upload"].upload(
         lambda files: upload_prior(engine, files), make["prior_upload"], [make["prior"], make["prior_status"]]
     )
-    inputs = [make[name] for name in ("prior", "images", "name", "seed", "guidance")]
+    inputs = [make[name] for name in ("prior", "images", "name", "seed", "guidance", "fit_steps")]
     make["run"].click(
         lambda *values: make_lora(engine, *values), inputs, [lora, make["file"], make["status"]]
     )
