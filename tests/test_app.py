@@ -479,23 +479,38 @@ def test_uploaded_prior_is_checked_against_the_app_s_model(engine, prior, tmp_pa
     assert status == "**Error:** upload the prior's two files together: prior.json and prior.safetensors"
 
 
-def test_a_prior_of_another_base_model_is_refused_naming_both(engine, tmp_path):
+@pytest.fixture(scope="module")
+def foreign_prior(tmp_path_factory):
+    """A PCA prior of a tiny SD1.5 model, and that model's folder."""
     from synthesis_fixtures import save_tiny_base, write_lora_folder
 
     from autolora.synthesis import PriorConfig, build_bank, train_prior
     from autolora.testing import tiny_pipeline
 
-    base = save_tiny_base(tmp_path)
-    loras = write_lora_folder(tiny_pipeline("sd15", tmp_path / "tokenizers"), tmp_path / "loras")
-    bank = build_bank(loras, str(base), 2, tmp_path / "bank")
-    train_prior(bank, PriorConfig(kind="pca", components=2), tmp_path / "prior")
-    update, status = ui.upload_prior(
-        engine, [str(tmp_path / "prior" / n) for n in ("prior.json", "prior.safetensors")]
+    root = tmp_path_factory.mktemp("foreign")
+    base = save_tiny_base(root)
+    loras = write_lora_folder(tiny_pipeline("sd15", root / "tokenizers"), root / "loras")
+    train_prior(
+        build_bank(loras, str(base), 2, root / "bank"), PriorConfig(kind="pca", components=2), root / "prior"
     )
+    return root / "prior", base
+
+
+def test_a_prior_of_another_base_model_is_refused_naming_both(engine, foreign_prior):
+    prior, base = foreign_prior
+    update, status = ui.upload_prior(engine, [str(prior / n) for n in ("prior.json", "prior.safetensors")])
     assert update == gr.update()
     assert (
         status.startswith("**Error:** prior ")
         and f"is for base model {base}, not this app's model world" in status
+    )
+
+
+def test_app_command_refuses_a_prior_of_another_base_model_before_serving(foreign_prior, capsys):
+    prior, base = foreign_prior
+    assert main(["app", "--prior", str(prior)]) == 2
+    assert (
+        f"is for base model {base}, not this app's model world: its module unet." in capsys.readouterr().err
     )
 
 
