@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 CHROMIUM = os.environ.get("AUTOLORA_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "app.png"
+IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 # Headless, and nothing that reaches out to the network on its own.
 CHROMIUM_FLAGS = [
     "--headless",
@@ -65,9 +65,13 @@ def _free_port() -> int:
 def app_url(tmp_path_factory):
     """``autolora app`` started as a user starts it, on a free port of 127.0.0.1; stopped at the end."""
     _requirements_or_skip()
+    from app_fixtures import world_prior
+
     port = _free_port()
     out = tmp_path_factory.mktemp("app-out")
+    prior = world_prior(tmp_path_factory.mktemp("prior"))
     command = [sys.executable, "-m", "autolora", "app", "--port", str(port), "--out", str(out)]
+    command += ["--prior", str(prior)]
     log = (out / "server.log").open("w+")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -145,6 +149,13 @@ def _column(page, method: str, seeds: list[int]) -> list[np.ndarray]:
     return images
 
 
+def _screenshot(page, tmp_path: Path, name: str) -> None:
+    """The whole page, saved as docs/images/NAME."""
+    page.screenshot(path=str(tmp_path / name), full_page=True)
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tmp_path / name, IMAGES / name)
+
+
 def _metrics(page) -> list[list[str]]:
     """The metrics table's body, once its three rows are there."""
     table = page.locator("#metrics")
@@ -171,9 +182,7 @@ def test_the_app_compares_three_columns_from_the_same_noise_in_chromium(page, tm
     assert (
         command.startswith("autolora generate --model world --lora world:neon:1") and "--gamma 2 " in command
     )
-    page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(tmp_path / "app.png", SCREENSHOT)
+    _screenshot(page, tmp_path, "app.png")
 
     # 3. Seeds 1 and 2: seed 1 repeats, and its images are identical to the first run's in every column.
     _set_number(page, "seed", "1")
@@ -187,3 +196,53 @@ def test_the_app_compares_three_columns_from_the_same_noise_in_chromium(page, tm
     garbage.write_bytes(b"this is not a LoRA")
     page.locator("#lora-upload input[type=file]").set_input_files(str(garbage))
     page.locator("#lora-status").get_by_text("corrupt or unreadable safetensors").wait_for()
+
+
+def test_the_tune_tab_finds_a_front_and_hands_a_setting_to_compare(page, tmp_path):
+    # 1. A tiny search: 2 trials of 2 seeds at 4 steps (the Compare tab's steps).
+    _set_number(page, "steps", "4")
+    page.get_by_role("tab", name="Tune").click()
+    _set_number(page, "tune-trials", "2")
+    _set_number(page, "tune-seeds", "2")
+    page.locator("#tune-run").click()
+
+    # 2. The recommendation, and a table of the trials whose diversity and adherence are numbers.
+    status = page.locator("#tune-status")
+    status.get_by_text("Recommended: trial").wait_for()
+    table = page.locator("#tune-front")
+    header, *rows = [row.inner_text() for row in table.locator("[role=row]").all()]
+    header = [name.strip() for name in header.split("\n") if name.strip()]
+    rows = [dict(zip(header, row.split("\n"), strict=True)) for row in rows]
+    assert len(rows) == 2 and {row["trial"] for row in rows} == {"0", "1"}
+    assert all(math.isfinite(float(row[name])) for row in rows for name in ("diversity", "adherence"))
+    page.locator("#tune-files").get_by_text("tuned.toml").wait_for()
+    _screenshot(page, tmp_path, "app-tune.png")
+
+    # 3. Use this setting: the Compare tab's controls show the recommended setting.
+    words = status.inner_text().split(", ")[1].split(":")[0].split()  # "AutoLoRA gamma=1.94 ..."
+    controls = {"gamma": "gamma", "cfg_base": "cfg-base", "cfg_lora": "cfg-lora", "lora_scale": "lora-scale"}
+    settings = dict(word.split("=") for word in words if "=" in word)
+    expected = {controls[key]: float(value) for key, value in settings.items() if key in controls}
+    assert {"cfg-lora", "lora-scale"} <= set(expected)
+    page.locator("#tune-use").click()
+    for elem_id, value in expected.items():
+        page.wait_for_function(
+            "([id, value]) => Number(document.querySelector(`#${id} input[type=number]`).value) === value",
+            arg=[elem_id, value],
+        )
+
+
+def test_the_make_a_lora_tab_synthesises_a_lora_that_compare_offers(page, tmp_path):
+    from app_fixtures import reference_images
+
+    page.get_by_role("tab", name="Make a LoRA").click()
+    page.locator("#make-prior").get_by_text("diffusion, base model").wait_for()
+    refs = reference_images(tmp_path / "refs", 7)
+    page.locator("#make-images input[type=file]").set_input_files([str(path) for path in refs])
+    page.locator("#make-name textarea").fill("my-style")
+    page.locator("#make-run").click()
+    page.locator("#make-status").get_by_text("Made my-style-").wait_for()
+    page.locator("#make-file a[download]").first.wait_for()
+    _screenshot(page, tmp_path, "app-make.png")
+    page.get_by_role("tab", name="Compare").click()
+    assert "my-style-" in page.locator("#lora input").input_value()

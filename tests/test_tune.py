@@ -145,3 +145,21 @@ def test_generate_preset_reads_the_tuned_setting_and_flags_override_it(tuned):
     args = build_parser().parse_args([*command, "--preset", str(out / "front.csv")])
     with pytest.raises(ConfigError, match="cannot parse"):
         generation_params(args)
+
+
+def test_tune_runs_on_a_loaded_pipeline_and_stops_when_its_log_raises(tuned, tmp_path, monkeypatch):
+    import autolora
+
+    _, first = tuned
+    pipe = autolora.load_pipeline("world")
+    autolora.load_lora(pipe, "world:chalk")
+    monkeypatch.setattr(autolora, "load_pipeline", lambda *a, **k: pytest.fail("tune loaded a pipeline"))
+    result = tune(SPEC, tmp_path / "given", progress=False, log=lambda line: None, pipe=pipe)
+    pd.testing.assert_frame_equal(result.trials, first.trials)
+
+    def stop(line: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(SPEC, tmp_path / "stopped", progress=False, log=stop, pipe=pipe)
+    assert [t.state for t in _study(tmp_path / "stopped").trials] == [optuna.trial.TrialState.COMPLETE]

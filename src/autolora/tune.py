@@ -128,9 +128,19 @@ def check_metrics(spec: TuneSpec) -> None:
 
 
 def tune(
-    spec: TuneSpec, out: str | Path, *, progress: bool = True, log: Callable[[str], None] = print
+    spec: TuneSpec,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    pipe: Any = None,
 ) -> TuneResult:
-    """Run (or resume) the search of ``spec`` in ``out`` until its budget is spent; write front, plot, preset."""
+    """Run (or resume) the search of ``spec`` in ``out`` until its budget is spent; write front, plot, preset.
+
+    ``log`` gets one line per finished trial (an exception it raises stops the search there; the study
+    keeps the trials so far). ``pipe`` is ``spec.model`` already loaded with ``spec.loras`` active at
+    their scales (a running app's); without it the model and LoRAs are loaded here.
+    """
     import optuna
 
     check_metrics(spec)
@@ -158,7 +168,7 @@ def tune(
         study.enqueue_trial(trial.params, skip_if_exists=False)
 
     # 2. Load the model once; the first trial is LoRA+CFG at the default scale (the reference).
-    runner = _TrialRunner(spec, out)
+    runner = _TrialRunner(spec, out, pipe)
     if not study.trials:
         study.enqueue_trial(_reference_params(runner.default_cfg))
 
@@ -281,20 +291,21 @@ def _round(value: float) -> float:
 class _TrialRunner:
     """The loaded pipeline and evaluation settings; ``objective`` runs one trial."""
 
-    def __init__(self, spec: TuneSpec, out: Path) -> None:
+    def __init__(self, spec: TuneSpec, out: Path, pipe: Any = None) -> None:
         import autolora
 
-        self.spec, self.out = spec, out
-        self.pipe = autolora.load_pipeline(spec.model)
-        for lora in spec.loras:
-            autolora.load_lora(
-                self.pipe,
-                lora.source,
-                scale=lora.scale,
-                adapter_name=lora.adapter_name,
-                weight_name=lora.weight_name,
-            )
-        self.pipe.set_progress_bar_config(disable=True)
+        self.spec, self.out, self.pipe = spec, out, pipe
+        if pipe is None:
+            self.pipe = autolora.load_pipeline(spec.model)
+            for lora in spec.loras:
+                autolora.load_lora(
+                    self.pipe,
+                    lora.source,
+                    scale=lora.scale,
+                    adapter_name=lora.adapter_name,
+                    weight_name=lora.weight_name,
+                )
+            self.pipe.set_progress_bar_config(disable=True)
         self.default_cfg = autolora.default_cfg_scale(self.pipe)
         half = max(2, len(spec.seeds) // 2)
         self.stages = (spec.seeds[:half], spec.seeds[half:])

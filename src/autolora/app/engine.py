@@ -1,18 +1,22 @@
-"""What the web app does, without the web page: LoRAs, one comparison request, images, metrics.
+"""What the web app does, without the web page: LoRAs, comparison requests, images, metrics, tuning and
+LoRAs made from reference images.
 
 The controls are ``GenerationParams`` fields (plus the prompt and the LoRA). A request is turned into the
 equivalent ``autolora generate --compare`` command line by the CLI's own field -> flag mapping, and that
 command line is checked by the CLI's parser and checks, so what the app runs, the PNG metadata it writes
-and the command it offers to copy are the CLI's by construction. One pipeline serves every visitor: a lock
-runs one request at a time, and each request activates its own LoRA at its own scale before it generates.
+and the command it offers to copy are the CLI's by construction. A tune request is likewise an
+``autolora tune`` command line, parsed into the ``TuneSpec`` the CLI would run. One pipeline serves every
+visitor: a lock runs one request at a time, and each request activates its own LoRA at its own scale first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shlex
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,10 +32,13 @@ from autolora.cli.generate import (
     pipeline_info,
     resolved_params,
 )
-from autolora.errors import ConfigError
+from autolora.errors import ConfigError, IncompatibleLoRAError
 from autolora.params import BranchMode, GenerationParams, cli_args
+from autolora.tune import METHODS
 
 if TYPE_CHECKING:
+    from autolora.synthesis.prior import Prior
+    from autolora.tune import TuneResult, TuneSpec
     from autolora.world.assets import LoRAInfo
 
 #: Column titles of the side-by-side view, one per method of ``autolora generate --compare``.
@@ -46,7 +53,7 @@ def title(method: str) -> str:
 
 
 class GenerationCancelled(Exception):
-    """Raised inside a running generation when its visitor pressed Stop."""
+    """Raised inside a running generation or tune when its visitor pressed Stop."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,55 @@ class Request:
         return shlex.join(["autolora", *self.argv])
 
 
+@dataclass(frozen=True)
+class TuneControls:
+    """The values of the Tune tab for one search: each field is the ``autolora tune`` option of its name.
+
+    ``trials`` is the budget in full trials (``--budget-images trials x prompts x seeds``); ``seeds`` the
+    paired seeds 0..N-1; ``floor`` an absolute adherence floor, else ``floor_ratio`` of LoRA+CFG's.
+    """
+
+    lora: str
+    prompts: tuple[str, ...]
+    lora_scale: float = 1.0
+    trials: int = 4
+    seeds: int = 4
+    num_inference_steps: int | None = None
+    methods: tuple[str, ...] = METHODS
+    diversity_metric: str = "diversity"
+    adherence_metric: str = "world:style"
+    adherence_column: str | None = None
+    metric_options: tuple[str, ...] = ()
+    floor: float | None = None
+    floor_ratio: float = 0.9
+    sampler_seed: int = 0
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    """One checked search: the ``autolora tune`` command line, the spec it parses to, its study folder."""
+
+    argv: tuple[str, ...]
+    spec: TuneSpec
+    out: Path
+    lora: str
+    lora_scale: float
+
+    @property
+    def command(self) -> str:
+        """The shell command that runs (and resumes) the same search with the CLI."""
+        return shlex.join(["autolora", *self.argv])
+
+
+@dataclass(frozen=True)
+class MadeLoRA:
+    """A LoRA made from reference images: its file (loaded in the app), seconds taken, a warning or ''."""
+
+    path: Path
+    seconds: float
+    warning: str
+
+
 class Engine:
     """The pipeline behind the app, its loaded LoRAs, and the requests run on it (one at a time)."""
 
@@ -115,6 +171,7 @@ class Engine:
         dtype: str | None = None,
         allow_pickle: bool = False,
         features: str | None = None,
+        prior: str | Path | None = None,
     ) -> None:
         from autolora.pipelines import default_cfg_scale
 
@@ -130,6 +187,13 @@ class Engine:
         # LoRA source -> the scale proposed for it (``--lora FILE:SCALE``).
         self.scales: dict[str, float] = {}
         self._cancelled: set[str] = set()
+        # Checked priors and their condition encoders, loaded once.
+        self._priors: dict[Path, Prior] = {}
+        self._encoders: dict[str, Any] = {}
+        #: The prior folder of ``--prior`` (checked): the Make a LoRA tab's prior until a visitor uploads one.
+        self.prior = Path(prior).resolve() if prior is not None else None
+        if self.prior is not None:
+            self.check_prior(self.prior)
 
     # -- LoRAs ----------------------------------------------------------------------------------
 
@@ -188,12 +252,7 @@ class Engine:
         """Check ``controls`` with the CLI's own checks; raises ConfigError / InputFileError naming the problem."""
         from autolora.cli import build_parser
 
-        if not controls.lora:
-            raise ConfigError("no LoRA chosen: pick one, or upload a .safetensors file")
-        if controls.lora not in self.lora_choices():
-            raise ConfigError(
-                f"LoRA {controls.lora!r} is not loaded; loaded: {', '.join(self.lora_choices())}"
-            )
+        self._check_loaded(controls.lora)
         argv = self.command_line(controls)
         options = check_args(build_parser().parse_args(argv))
         return Request(argv=tuple(argv), options=options, lora=controls.lora)
@@ -243,6 +302,165 @@ class Engine:
             record = image_params(options, replace(params, seed=seed), image.size, info)
             paths.append(save_png(image, folder / f"{method}-seed{seed}.png", record))
         return paths
+
+    def _check_loaded(self, lora: str | None) -> None:
+        if not lora:
+            raise ConfigError("no LoRA chosen: pick one, or upload a .safetensors file")
+        if lora not in self.lora_choices():
+            raise ConfigError(f"LoRA {lora!r} is not loaded; loaded: {', '.join(self.lora_choices())}")
+
+    # -- Tune -----------------------------------------------------------------------------------
+
+    def tune_request(self, controls: TuneControls) -> TuneRequest:
+        """Check ``controls`` into the ``TuneSpec`` that ``autolora tune`` would run; raises naming the problem.
+
+        The study folder is named after the search's setup without its budget, so the same search run
+        again resumes (after Stop, or with more trials), as ``autolora tune`` does on the same ``--out``.
+        """
+        from autolora.cli import build_parser
+        from autolora.cli.tune import tune_spec
+        from autolora.tune import check_metrics
+
+        if not self.is_world and controls.adherence_metric.startswith("world:"):
+            raise ConfigError(
+                f"{controls.adherence_metric} scores only the miniature world's images and {self.model} has no "
+                "evaluator of its own: choose clip_score (CLIP from the Hub) or a judge, e.g. judge:pc_sa with "
+                "its options (docs/judge.md)"
+            )
+        self._check_loaded(controls.lora)
+        scale = GenerationParams.check_field("lora_scale", controls.lora_scale, "LoRA scale")
+        trials, seeds = _whole(controls.trials, "trials"), _whole(controls.seeds, "seeds")
+        if trials < 1:
+            raise ConfigError(f"trials must be at least 1, got {trials}")
+        argv = ["tune", "--model", self.model, "--lora", f"{controls.lora}:{scale!r}"]
+        for prompt in controls.prompts:
+            argv += ["--prompt", prompt]
+        argv += ["--seeds", str(seeds)]
+        if controls.num_inference_steps is not None:
+            argv += ["--steps", str(_whole(controls.num_inference_steps, "steps"))]
+        if controls.methods != METHODS:
+            argv += ["--methods", ",".join(controls.methods)]
+        argv += [
+            "--diversity-metric",
+            controls.diversity_metric,
+            "--adherence-metric",
+            controls.adherence_metric,
+        ]
+        if controls.adherence_column:
+            argv += ["--adherence-column", controls.adherence_column]
+        for option in controls.metric_options:
+            argv += ["--metric-option", option]
+        if controls.floor is not None:
+            argv += ["--floor", repr(float(controls.floor))]
+        elif controls.floor_ratio != 0.9:
+            argv += ["--floor-ratio", repr(float(controls.floor_ratio))]
+        if controls.sampler_seed:
+            argv += ["--sampler-seed", str(_whole(controls.sampler_seed, "sampler seed"))]
+        out = self.out / "tune" / hashlib.sha256("\0".join(argv).encode()).hexdigest()[:12]
+        budget = trials * seeds * max(1, len(controls.prompts))
+        argv += ["--budget-images", str(budget), "--out", str(out), "--no-progress"]
+        spec = tune_spec(build_parser().parse_args(argv))
+        check_metrics(spec)
+        return TuneRequest(tuple(argv), spec, out, controls.lora, scale)
+
+    def tune(
+        self, request: TuneRequest, *, session: str = "", on_trial: Callable[[int, str], None] | None = None
+    ) -> TuneResult:
+        """Run (or resume) ``request``'s search with ``autolora.tune`` on this pipeline and LoRA.
+
+        ``on_trial(done, line)`` follows each finished trial; Stop ends the search after the running trial
+        (raising ``GenerationCancelled``), and the same request run again resumes it.
+        """
+        from autolora.tune import tune
+
+        done = 0
+
+        def log(line: str) -> None:
+            nonlocal done
+            done += 1
+            if session in self._cancelled:
+                raise GenerationCancelled(f"tune stopped after trial {done}; run it again to resume")
+            if on_trial is not None:
+                on_trial(done, line)
+
+        self.add_lora(request.lora)
+        with self.lock:
+            self.pipe.set_adapters([self.adapters[request.lora]], [request.lora_scale])
+            return tune(request.spec, request.out, progress=False, log=log, pipe=self.pipe)
+
+    # -- Make a LoRA ----------------------------------------------------------------------------
+
+    def check_prior(self, path: str | Path) -> Prior:
+        """The prior folder ``path`` loaded, refused when it was built for another base model than this one."""
+        from autolora.synthesis.bank import base_linear_shapes
+        from autolora.synthesis.prior import load_prior
+
+        path = Path(path).resolve()
+        if path not in self._priors:
+            prior = load_prior(path)
+            shapes = base_linear_shapes(self.model)
+            for module, shape in prior.layout.modules.items():
+                if shapes.get(module) != tuple(shape):
+                    here = "x".join(map(str, shapes[module])) if module in shapes else "absent"
+                    raise IncompatibleLoRAError(
+                        f"prior {path} is for base model {prior.layout.base}, not this app's model {self.model}:"
+                        f" its module {module} is {shape[0]}x{shape[1]} there, {here} here"
+                    )
+            self._priors[path] = prior
+        return self._priors[path]
+
+    def make_lora(
+        self,
+        prior_path: str | Path,
+        images: Sequence[str | Path],
+        *,
+        seed: int = 0,
+        guidance: float = 1.0,
+        fit_steps: int = 200,
+        name: str = "",
+    ) -> MadeLoRA:
+        """A LoRA from reference ``images`` with ``autolora.synthesis.synthesize``, loaded and offered here.
+
+        A PCA prior inverts the images on this pipeline in ``fit_steps`` steps (empty captions), as
+        ``autolora synth --base`` does. The file is named after ``name`` and a hash of its inputs.
+        """
+        import re
+
+        from autolora.synthesis.conditions import load_encoder
+        from autolora.synthesis.synth import FarConditionWarning, synthesize
+
+        if not images:
+            raise ConfigError("no reference images: upload a few images of the style or subject")
+        prior = self.check_prior(prior_path)
+        seed, fit_steps = _whole(seed, "seed"), _whole(fit_steps, "inversion steps")
+        if fit_steps < 1:
+            raise ConfigError(f"inversion steps must be at least 1, got {fit_steps}")
+        settings = (Path(prior_path).resolve(), seed, guidance, fit_steps if not prior.conditional else None)
+        digest = hashlib.sha256("\0".join(map(repr, settings)).encode())
+        for image in images:
+            digest.update(Path(image).read_bytes())
+        stem = re.sub(r"[^\w-]", "_", name.strip()) or "made"
+        path = self.out / "made" / f"{stem}-{digest.hexdigest()[:8]}.safetensors"
+        encoder = None
+        if prior.conditional:
+            if prior.encoder not in self._encoders:
+                self._encoders[prior.encoder] = load_encoder(prior.encoder)
+            encoder = self._encoders[prior.encoder]
+        with self.lock, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FarConditionWarning)
+            result = synthesize(
+                prior,
+                images,
+                path,
+                seed=seed,
+                guidance=guidance,
+                encoder=encoder,
+                pipe=self.pipe,
+                fit_steps=fit_steps,
+            )
+        self.add_lora(str(path))
+        far = [str(w.message) for w in caught if issubclass(w.category, FarConditionWarning)]
+        return MadeLoRA(path, result.seconds, far[0] if far else "")
 
     # -- Metrics --------------------------------------------------------------------------------
 

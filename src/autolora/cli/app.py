@@ -1,8 +1,8 @@
 """``autolora app``: a local web app comparing base CFG, LoRA+CFG and AutoLoRA from the same noise.
 
 With no arguments it serves the miniature world with its LoRAs on http://127.0.0.1:7860. Every option is
-checked, and every ``--lora`` loaded, before the server starts, so a bad file is an error here, not a page;
-more LoRAs can be uploaded in the page.
+checked, and every ``--lora`` and the ``--prior`` loaded, before the server starts, so a bad file is an error
+here, not a page; more LoRAs (and a prior) can be uploaded in the page.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="feature extractor of the diversity metric (default: world on the world, else dinov2)",
     )
     parser.add_argument(
+        "--prior",
+        type=Path,
+        default=None,
+        metavar="PRIOR",
+        help="synthesis prior folder (autolora prior train) for the Make a LoRA tab; it can also be uploaded",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="folder for the PNGs (default: a temporary one)"
     )
     parser.add_argument(
@@ -66,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--features {args.features}: unknown; known: {', '.join(available_extractors())}"
             )
+    if args.prior is not None:
+        from autolora.synthesis.prior import load_prior
+
+        load_prior(args.prior)  # a bad folder fails here; its base model is checked once the model is loaded
     specs = [parse_lora_spec(text, 1.0) for text in args.lora]
     for spec in specs:
         check_lora_source(spec.source, allow_pickle=args.allow_pickle)
@@ -88,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
         features=args.features,
+        prior=args.prior,
     )
     for spec in specs:
         engine.add_lora(spec.source, scale=spec.scale)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autolora.cli.arguments import (
     LORA_SOURCES,
@@ -16,6 +17,9 @@ from autolora.cli.arguments import (
     read_prompts,
 )
 from autolora.errors import ConfigError
+
+if TYPE_CHECKING:
+    from autolora.tune import TuneSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -83,10 +87,26 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Check the options, run (or resume) the search and print the recommendation."""
+    from autolora.tune import tune
+
+    result = tune(tune_spec(args), args.out, progress=not args.no_progress)
+    for path in result.files:
+        print(path)
+    if result.recommended is not None:
+        best = result.recommended
+        print(
+            f"recommended: trial {best['trial']} {best['method']} {best['settings']}: diversity"
+            f" {best['diversity']:.3f}, adherence {best['adherence']:.3f} (floor {result.floor:.3f})"
+        )
+    return 0
+
+
+def tune_spec(args: argparse.Namespace) -> TuneSpec:
+    """The checked ``TuneSpec`` of parsed ``tune`` options (LoRA files checked, metric defaults filled in)."""
     from autolora.cli.generate import parse_lora_spec
     from autolora.experiments.config import LoRASpec, apply_override
     from autolora.lora import check_lora_source
-    from autolora.tune import TuneSpec, tune
+    from autolora.tune import TuneSpec
 
     prompts = read_prompts(args)
     loras = [parse_lora_spec(text, 1.0) for text in args.lora]
@@ -101,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         metric, _, rest = text.partition(".")
         apply_override(options.setdefault(metric, {}), rest)
     options = {**_world_defaults(args.model, loras, adherence), **options}
-    spec = TuneSpec(
+    return TuneSpec(
         model=args.model,
         loras=tuple(LoRASpec(source=lora.source, scale=lora.scale) for lora in loras),
         prompts=tuple(prompts),
@@ -118,16 +138,6 @@ def run(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         sampler_seed=args.sampler_seed,
     )
-    result = tune(spec, args.out, progress=not args.no_progress)
-    for path in result.files:
-        print(path)
-    if result.recommended is not None:
-        best = result.recommended
-        print(
-            f"recommended: trial {best['trial']} {best['method']} {best['settings']}: diversity"
-            f" {best['diversity']:.3f}, adherence {best['adherence']:.3f} (floor {result.floor:.3f})"
-        )
-    return 0
 
 
 # Result columns of the adherence metrics whose column is not their name.
