@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from synthesis_fixtures import tiny_clip_folder
 
 from autolora.synthesis import PriorConfig, build_bank, train_prior
+from autolora.testing import tiny_image_encoder
 
 #: World LoRAs in the bank (style LoRAs of one rank), each with two reference images of its own colours.
 BANK_LORAS = ("chalk", "neon", "stripes", "checker", "italic", "shadow")
@@ -49,7 +49,7 @@ def world_prior(root: Path) -> Path:
     for seed, name in enumerate(BANK_LORAS):
         shutil.copyfile(lora_path(name), loras / f"{name}.safetensors")
         reference_images(loras / name, seed)
-    encoder = f"clip:{tiny_clip_folder(root / 'clip')}"
+    encoder = f"clip:{tiny_image_encoder('clip', root / 'clip')}"
     bank = build_bank(loras, "world", 4, root / "bank", encoder=encoder, log=lambda line: None)
     train_prior(bank, TINY_PRIOR, root / "prior", log=lambda line: None)
     return root / "prior"
