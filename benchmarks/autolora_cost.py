@@ -40,9 +40,9 @@ from autolora.distill import DistillConfig, distill
 from autolora.guidance import cfg
 from autolora.metrics.diversity import diversity
 from autolora.provenance import git_revision, package_versions
+from autolora.stats import format_mean_ci95
 from autolora.world.assets import WORLD_CFG, available_loras, lora_info
 from autolora.world.evaluators import load_evaluators
-from autolora.world.study import bootstrap_ci
 from autolora.world.styles import DIGIT_NAMES
 
 FULL = "AutoLoRA batched"
@@ -268,11 +268,6 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _interval(values: np.ndarray) -> str:
-    low, high = bootstrap_ci(values)
-    return f"{values.mean():.3f} [{low:.3f}, {high:.3f}]"
-
-
 def report(
     drift: list[dict[str, float]] | None,
     own: dict[str, dict[str, float]] | None,
@@ -343,7 +338,7 @@ def _cost_lines(table: dict[str, dict[str, Any]], images: int) -> list[str]:
     for variant, row in table.items():
         lines.append(
             f"| {variant} | {row['seconds'] / ref['seconds']:.2f} | {row['calls']} | {row['rows']} | "
-            + " | ".join(_interval(row[metric]) for metric in METRICS)
+            + " | ".join(format_mean_ci95(row[metric]) for metric in METRICS)
             + " |"
         )
     lines.append("")

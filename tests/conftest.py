@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+import autolora.pipelines
 from autolora.testing import random_lora_file, tiny_pipeline
 
 
@@ -17,3 +18,13 @@ def sd15_folder(tmp_path_factory) -> Path:
     random_lora_file(pipe, root / "style.safetensors")
     random_lora_file(pipe, root / "face.safetensors", seed=1)
     return root
+
+
+@pytest.fixture
+def refuse_loading(monkeypatch):
+    """Make loading a model fail loudly, to show that an error came before any loading."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(autolora.pipelines, "load_pipeline", fail)

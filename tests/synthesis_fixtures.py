@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from safetensors.torch import save_file
 
 from autolora.lora import to_kohya_state_dict
-from autolora.testing import random_lora_state_dict, tiny_pipeline
+from autolora.testing import random_lora_state_dict, tiny_image_encoder, tiny_pipeline
 
 RANKS = (2, 4, 4, 8, 4, 4)
 
@@ -49,22 +48,9 @@ def write_lora_folder(pipe, folder: Path, *, images: bool = False) -> Path:
     return folder
 
 
-def tiny_clip_folder(folder: Path) -> Path:
-    """A random tiny CLIP vision tower with projection and its image processor, saved like a Hub repo."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        projection_dim=8,
-    )
-    CLIPVisionModelWithProjection(config).save_pretrained(str(folder))
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        str(folder)
-    )
-    return folder
+def bank_inputs(root: Path) -> tuple[Path, Path, str]:
+    """Under ``root``: the tiny base (``base``), its LoRA folder with images (``loras``) and a tiny CLIP
+    image encoder (``clip``); returns the base, the LoRA folder and the encoder's spec."""
+    base = save_tiny_base(root)
+    loras = write_lora_folder(tiny_pipeline("sd15", root / "tokenizers"), root / "loras", images=True)
+    return base, loras, f"clip:{tiny_image_encoder('clip', root / 'clip')}"

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import autolora.pipelines
 from autolora import generate, load_lora, load_pipeline
 from autolora.cli import main
 from autolora.cli.generate import LoRASpec, parse_lora_spec
@@ -208,16 +207,6 @@ def test_stacked_loras_with_their_own_scales_equal_python_api(base_args, files, 
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line on stderr, exit status 2
 # ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def refuse_loading(monkeypatch):
-    """Make loading the model fail loudly, to show that the error came before any loading."""
-
-    def fail(*args, **kwargs):
-        raise AssertionError("the model was loaded before the options were checked")
-
-    monkeypatch.setattr(autolora.pipelines, "load_pipeline", fail)
 
 
 def assert_one_line_error(code: int, err: str, message: str) -> None:

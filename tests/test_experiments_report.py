@@ -1,4 +1,3 @@
-import math
 import re
 
 import pandas as pd
@@ -9,7 +8,7 @@ from autolora.cli import main
 from autolora.errors import ConfigError, InputFileError
 from autolora.experiments.config import parse_config
 from autolora.experiments.index import RunIndex
-from autolora.experiments.report import RunData, build_report, load_run, mean_ci95, paper_table, summarize
+from autolora.experiments.report import RunData, build_report, load_run, paper_table, summarize
 from autolora.experiments.runner import run_sweep
 
 
@@ -30,24 +29,6 @@ def run_dir(tmp_path_factory, tiny):  # noqa: F811
     with RunIndex(tmp_path) as index:
         index.store_metrics("test", per_image, per_group)
     return tmp_path
-
-
-def test_mean_ci95_is_a_reproducible_bootstrap_around_the_mean():
-    values = [float(v) for v in range(20)]
-    mean, low, high = mean_ci95(values)
-    assert mean == 9.5
-    # The bootstrap standard error of a mean is sd / sqrt(n) = 1.29; the 95% interval spans about 4 of them.
-    assert low < mean < high and 3.5 * 1.29 < high - low < 4.5 * 1.29
-    assert mean_ci95(values) == (mean, low, high)
-    single = mean_ci95([0.7])
-    assert single[0] == 0.7 and math.isnan(single[1]) and math.isnan(single[2])
-
-
-def test_interval_of_a_bounded_score_stays_in_its_range():
-    # Three probabilities: a Student-t interval would run from about -1.0 to 1.5.
-    mean, low, high = mean_ci95([0.02, 0.97, 0.25])
-    assert 0.02 <= low < mean < high <= 0.97
-    assert mean_ci95([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
 
 
 def test_summary_holds_the_means_of_the_index_numbers(run_dir):

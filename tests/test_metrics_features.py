@@ -4,6 +4,7 @@ from PIL import Image
 
 from autolora.errors import ConfigError, InputFileError
 from autolora.metrics import ImageRecord, get_extractor, get_metric
+from autolora.testing import tiny_image_encoder
 from autolora.world.tokenizer import build_clip_tokenizer
 
 WORDS = ("a", "red", "blue", "square", "photo")
@@ -11,23 +12,7 @@ WORDS = ("a", "red", "blue", "square", "photo")
 
 @pytest.fixture(scope="module")
 def tiny_dinov2(tmp_path_factory) -> str:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    folder = tmp_path_factory.mktemp("dinov2")
-    torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        image_size=32,
-        patch_size=8,
-    )
-    Dinov2Model(config).save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        folder
-    )
-    return str(folder)
+    return str(tiny_image_encoder("dinov2", tmp_path_factory.mktemp("dinov2"), width=32, resize=40))
 
 
 @pytest.fixture(scope="module")

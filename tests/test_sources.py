@@ -46,6 +46,22 @@ def test_lora_alias_loads_and_an_unknown_name_is_refused_before_loading(zoo):
         check_lora_source("zoo:sytle")
 
 
+def test_commands_resolve_a_plugins_aliases_and_refuse_unknown_ones_before_loading(
+    zoo, refuse_loading, tmp_path, capsys
+):
+    from autolora.cli import main
+    from autolora.synthesis.bank import resolve_base
+
+    assert resolve_base("zoo") == str(zoo / "model")
+    loras = ["--model", "zoo", "--lora", "zoo:sytle", "--prompt", "a photo of a cat"]
+    for argv in (
+        ["distill", *loras, "--out", str(tmp_path / "student.safetensors")],
+        ["tune", *loras, "--adherence-metric", "clip_score", "--out", str(tmp_path / "tune")],
+    ):
+        assert main(argv) == 2
+        assert "unknown zoo LoRA 'sytle'" in capsys.readouterr().err
+
+
 def test_world_is_registered_by_its_plugin():
     from autolora.world.assets import WORLD_CFG, base_pipeline_path, lora_path
 
@@ -74,7 +90,8 @@ def test_local_path_or_hub_id(source, local):
 
 def test_core_modules_do_not_import_the_world_until_a_world_name_is_looked_up():
     code = (
-        "import sys, autolora.pipelines, autolora.lora, autolora.metrics, autolora.experiments.report; "
+        "import sys, autolora.pipelines, autolora.lora, autolora.metrics, autolora.experiments.report, "
+        "autolora.distill, autolora.tune, autolora.synthesis.bank; "
         "assert not [m for m in sys.modules if m.startswith('autolora.world')], 'world imported'; "
         "assert autolora.metrics.get_metric('world:digit').name == 'world:digit'"
     )

@@ -5,13 +5,13 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from synthesis_fixtures import save_tiny_base, tiny_clip_folder, write_lora_folder
+from synthesis_fixtures import bank_inputs
 
 from autolora import generate, load_lora
 from autolora.cli import main
 from autolora.synthesis.prior import load_prior
 from autolora.synthesis.synth import FarConditionWarning, synthesize
-from autolora.testing import random_lora_state_dict, tiny_pipeline
+from autolora.testing import random_lora_state_dict, tiny_image_encoder, tiny_pipeline
 
 OPTIONS = {"num_inference_steps": 2, "height": 32, "width": 32, "output_type": "np", "progress": False}
 TINY = [
@@ -43,9 +43,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    base = save_tiny_base(root)
-    loras = write_lora_folder(tiny_pipeline("sd15", root / "tokenizers"), root / "loras", images=True)
-    encoder = f"clip:{tiny_clip_folder(root / 'clip')}"
+    base, loras, encoder = bank_inputs(root)
     assert (
         main(
             [
@@ -169,24 +167,9 @@ def test_bank_cli_refuses_a_lora_of_another_base(trained, tmp_path, capsys):
 
 
 def test_condition_encoders_load_clip_and_dinov2_through_transformers(trained, tmp_path):
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
     from autolora.synthesis.conditions import condition_of, load_encoder
 
-    torch.manual_seed(0)
-    Dinov2Model(
-        Dinov2Config(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        )
-    ).save_pretrained(str(tmp_path / "dino"))
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        str(tmp_path / "dino")
-    )
+    tiny_image_encoder("dinov2", tmp_path / "dino")
     refs = sorted((trained / "loras" / "lora0").glob("*.png"))
     for spec, width in ((f"dinov2:{tmp_path / 'dino'}", 16), (f"clip:{trained / 'clip'}", 8)):
         condition = condition_of(load_encoder(spec), refs)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from synthesis_fixtures import RANKS, save_tiny_base, tiny_clip_folder, write_lora_folder
+from synthesis_fixtures import RANKS, bank_inputs
 
 from autolora.errors import ConfigError
 from autolora.synthesis.bank import build_bank
@@ -31,9 +31,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
     root = tmp_path_factory.mktemp("priors")
-    base = save_tiny_base(root)
-    loras = write_lora_folder(tiny_pipeline("sd15", root / "tokenizers"), root / "loras", images=True)
-    encoder = f"clip:{tiny_clip_folder(root / 'clip')}"
+    base, loras, encoder = bank_inputs(root)
     return build_bank(loras, str(base), 4, root / "bank", encoder=encoder)
 
 

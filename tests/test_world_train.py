@@ -1,6 +1,5 @@
-"""Training the miniature world: every stage at tiny sizes, exact resumption, the shared schedule."""
+"""Training the miniature world: every stage at tiny sizes, recorded and skipped once trained."""
 
-import itertools
 import json
 import math
 from types import SimpleNamespace
@@ -15,7 +14,7 @@ from autolora.metrics.features import get_extractor
 from autolora.world import components, fidelity, train
 from autolora.world.evaluators import load_evaluators
 from autolora.world.styles import STYLES, sample_style
-from autolora.world.training import denoising_loss, learning_rate_factor, prediction_target, run_stage
+from autolora.world.training import denoising_loss, prediction_target
 
 
 @pytest.fixture(scope="module")
@@ -67,54 +66,6 @@ def test_a_rerun_skips_recorded_stages(tiny_world, tmp_path):
     train.run(["base"], tmp_path / "work", tiny_world, seed=0, plan=train.TINY_PLAN)
     after = (tiny_world / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     assert before == after and not (tmp_path / "work" / "base.ckpt").exists()
-
-
-class Crash(Exception):
-    pass
-
-
-def _train(checkpoint, crash_at: int | None = None) -> tuple[torch.Tensor, int]:
-    """8 warm-up-and-decay steps of a toy regression: weights and steps taken; ``Crash`` on call ``crash_at``."""
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
-    data = torch.randn(64, 4)
-    calls = iter(range(1000))
-
-    def loss_fn(generator):
-        if next(calls) == crash_at:
-            raise Crash
-        batch = data[torch.randint(64, (8,), generator=generator)]
-        return (model(batch) - batch.sum(1, keepdim=True)).pow(2).mean()
-
-    run_stage(
-        "toy",
-        {"model": model},
-        model.parameters(),
-        loss_fn,
-        steps=8,
-        seed=1,
-        learning_rate=0.1,
-        checkpoint=checkpoint,
-        checkpoint_every=2,
-        warmup=3,
-    )
-    return model.weight.detach().clone(), next(calls)
-
-
-def test_a_crashed_stage_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
-    straight, steps = _train(tmp_path / "a.ckpt")
-    with pytest.raises(Crash):
-        _train(tmp_path / "b.ckpt", crash_at=5)
-    assert torch.load(tmp_path / "b.ckpt", weights_only=False)["step"] == 4
-    resumed, resumed_steps = _train(tmp_path / "b.ckpt")
-    assert (steps, resumed_steps) == (8, 4) and torch.equal(resumed, straight)
-
-
-def test_learning_rate_warms_up_then_decays_to_a_tenth():
-    factors = [learning_rate_factor(step, 100, 10) for step in range(100)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
-    assert learning_rate_factor(100, 100, 10) == pytest.approx(0.1)
 
 
 def test_world_extractor_refuses_unknown_options():

@@ -27,6 +27,7 @@ import torch
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
+from autolora.checks import at_least, check_bounds, positive
 from autolora.errors import ConfigError
 from autolora.images import atomic_write_bytes
 from autolora.params import GenerationParams
@@ -41,7 +42,7 @@ from autolora.pipelines import (
     generate,
     pipeline_family,
 )
-from autolora.world.training import StageResult, run_stage
+from autolora.training import Schedule, StageResult, run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +65,18 @@ class DistillConfig:
     cfg_lora: float | None = None
     num_inference_steps: int = 20
     #: Teacher trajectories per prompt (image i of a prompt starts from seed + i).
-    seeds_per_prompt: int = 4
+    seeds_per_prompt: int = at_least(4)
     seed: int = 1000
-    steps: int = 300
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    checkpoint_every: int = 50
+    steps: int = at_least(300)
+    batch_size: int = at_least(16)
+    learning_rate: float = positive(1e-3)
+    checkpoint_every: int = at_least(50)
 
     def __post_init__(self) -> None:
         if not self.prompts:
             raise ConfigError("distill needs at least one prompt")
         self.teacher  # noqa: B018 -- checks the sampling options as generate would
-        for name in ("seeds_per_prompt", "steps", "batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        check_bounds(self, "distill")
 
     @property
     def teacher(self) -> GenerationParams:
@@ -223,17 +220,18 @@ def distill(
         return nn.functional.mse_loss(prediction, trajectories.targets[index])
 
     try:
+        schedule = Schedule(
+            config.steps, config.learning_rate, checkpoint_every=config.checkpoint_every, weight_decay=0.0
+        )
+        modules = {"student": nn.ParameterList(student.values())}
         result = run_stage(
             "distill",
-            {"student": nn.ParameterList(student.values())},
+            modules,
             student.values(),
             loss_fn,
-            steps=config.steps,
+            schedule,
             seed=config.seed,
-            learning_rate=config.learning_rate,
             checkpoint=work / "checkpoint.pt",
-            checkpoint_every=config.checkpoint_every,
-            weight_decay=0.0,
         )
     finally:
         for name, parameter in denoiser.named_parameters():

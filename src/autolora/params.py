@@ -207,6 +207,13 @@ def _option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def _cfg_scale_option(symbol: str, branch: str, methods: frozenset[str]) -> Any:
+    """The CFG scale of one branch; None takes the model's default."""
+    help = f"CFG scale {symbol.lower()} of the {branch} branch (default: the model's, e.g. 7.5 for SD1.5)"
+    check = _real(1.0, " (1 = no classifier-free guidance)")
+    return _option(None, check, help, methods=methods, metavar=symbol)
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Everything that decides a generation's pixels besides the pipeline, its LoRAs and the prompt.
@@ -240,20 +247,8 @@ class GenerationParams:
         parse=parse_interval,
         metavar="A,B",
     )
-    cfg_base: float | None = _option(
-        None,
-        _real(1.0, " (1 = no classifier-free guidance)"),
-        "CFG scale w1 of the base branch (default: the model's, e.g. 7.5 for SD1.5)",
-        methods=frozenset({"autolora", "base"}),
-        metavar="W1",
-    )
-    cfg_lora: float | None = _option(
-        None,
-        _real(1.0, " (1 = no classifier-free guidance)"),
-        "CFG scale w2 of the LoRA branch (default: the model's, e.g. 7.5 for SD1.5)",
-        methods=_WITH_LORA,
-        metavar="W2",
-    )
+    cfg_base: float | None = _cfg_scale_option("W1", "base", frozenset({"autolora", "base"}))
+    cfg_lora: float | None = _cfg_scale_option("W2", "LoRA", _WITH_LORA)
     # The CLI's --lora-scale is the scale LoRAs are loaded with, so this generate-time override has no flag.
     lora_scale: float | None = _option(
         None,

@@ -51,6 +51,11 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TRANSFORMER_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
+# What the SD3 and Flux builders share: a one-layer MMDiT on unpatched latents, and the VAE's latent shift and
+# scale of those models.
+_MMDIT = dict(patch_size=1, num_layers=1, joint_attention_dim=32)
+_FLOW_VAE = dict(shift_factor=0.0609, scaling_factor=1.5035)
+
 
 def _clip_text_encoder(tokenizer, projection: bool, hidden_size: int = 32):
     config = CLIPTextConfig(
@@ -113,11 +118,9 @@ def _t5_encoder(tokenizer) -> T5EncoderModel:
     return T5EncoderModel(config)
 
 
-def tiny_sd15(folder: str | Path) -> StableDiffusionPipeline:
-    """A random SD1.5-shaped pipeline (UNet with cross-attention, one CLIP text encoder)."""
-    torch.manual_seed(0)
-    tokenizer = build_clip_tokenizer(WORDS, Path(folder) / "tokenizer")
-    unet = UNet2DConditionModel(
+def _unet(**extra: Any) -> UNet2DConditionModel:
+    """A two-level UNet with cross-attention in the lower level; ``extra`` sets the SD1.5/SDXL differences."""
+    return UNet2DConditionModel(
         block_out_channels=(8, 16),
         layers_per_block=1,
         sample_size=16,
@@ -125,10 +128,34 @@ def tiny_sd15(folder: str | Path) -> StableDiffusionPipeline:
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
         norm_num_groups=4,
+        **extra,
     )
+
+
+def _text_encoders(folder: str | Path, encoders: tuple[str, ...]) -> dict[str, Any]:
+    """Tokenizers and text encoders named as a pipeline's components (``tokenizer``, ``text_encoder_2``, ...).
+
+    ``encoders`` lists each one's kind in order: ``"clip"``, ``"clip+projection"`` or ``"t5"``. They are
+    built in that order, after the denoiser and the VAE, so every kind keeps the same random weights.
+    """
+    components: dict[str, Any] = {}
+    for number, kind in enumerate(encoders, start=1):
+        suffix = "" if number == 1 else f"_{number}"
+        if kind == "t5":
+            tokenizer = t5_tokenizer(Path(folder) / f"tokenizer{suffix}")
+            encoder = _t5_encoder(tokenizer)
+        else:
+            tokenizer = build_clip_tokenizer(WORDS, Path(folder) / f"tokenizer{suffix}")
+            encoder = _clip_text_encoder(tokenizer, projection=kind == "clip+projection")
+        components |= {f"tokenizer{suffix}": tokenizer, f"text_encoder{suffix}": encoder}
+    return components
+
+
+def tiny_sd15(folder: str | Path) -> StableDiffusionPipeline:
+    """A random SD1.5-shaped pipeline (UNet with cross-attention, one CLIP text encoder)."""
+    torch.manual_seed(0)
+    unet = _unet(cross_attention_dim=32, attention_head_dim=4)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1
     )
@@ -136,8 +163,7 @@ def tiny_sd15(folder: str | Path) -> StableDiffusionPipeline:
         unet=unet,
         scheduler=scheduler,
         vae=_vae(),
-        text_encoder=_clip_text_encoder(tokenizer, projection=False),
-        tokenizer=tokenizer,
+        **_text_encoders(folder, ("clip",)),
         safety_checker=None,
         feature_extractor=None,
         image_encoder=None,
@@ -149,16 +175,7 @@ def tiny_sd15(folder: str | Path) -> StableDiffusionPipeline:
 def tiny_sdxl(folder: str | Path) -> StableDiffusionXLPipeline:
     """A random SDXL-shaped pipeline (text-time conditioning, two CLIP text encoders)."""
     torch.manual_seed(0)
-    tokenizer = build_clip_tokenizer(WORDS, Path(folder) / "tokenizer")
-    tokenizer_2 = build_clip_tokenizer(WORDS, Path(folder) / "tokenizer_2")
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -166,7 +183,6 @@ def tiny_sdxl(folder: str | Path) -> StableDiffusionXLPipeline:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 6 time ids * 8 + pooled text (32)
         cross_attention_dim=64,
-        norm_num_groups=4,
     )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
@@ -175,16 +191,9 @@ def tiny_sdxl(folder: str | Path) -> StableDiffusionXLPipeline:
         timestep_spacing="leading",
         steps_offset=1,
     )
+    encoders = _text_encoders(folder, ("clip", "clip+projection"))
     pipe = StableDiffusionXLPipeline(
-        unet=unet,
-        scheduler=scheduler,
-        vae=_vae(),
-        text_encoder=_clip_text_encoder(tokenizer, projection=False),
-        tokenizer=tokenizer,
-        text_encoder_2=_clip_text_encoder(tokenizer_2, projection=True),
-        tokenizer_2=tokenizer_2,
-        image_encoder=None,
-        feature_extractor=None,
+        unet=unet, scheduler=scheduler, vae=_vae(), **encoders, image_encoder=None, feature_extractor=None
     )
     return _finish(pipe)
 
@@ -192,31 +201,14 @@ def tiny_sdxl(folder: str | Path) -> StableDiffusionXLPipeline:
 def tiny_sd3(folder: str | Path) -> StableDiffusion3Pipeline:
     """A random SD3-shaped pipeline (MMDiT, two CLIP text encoders and a T5)."""
     torch.manual_seed(0)
-    tokenizer = build_clip_tokenizer(WORDS, Path(folder) / "tokenizer")
-    tokenizer_2 = build_clip_tokenizer(WORDS, Path(folder) / "tokenizer_2")
-    tokenizer_3 = t5_tokenizer(Path(folder) / "tokenizer_3")
-    transformer = SD3Transformer2DModel(
-        sample_size=16,
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        caption_projection_dim=32,
-        joint_attention_dim=32,
-        pooled_projection_dim=64,
-        out_channels=4,
+    sizes = dict(
+        sample_size=16, in_channels=4, out_channels=4, caption_projection_dim=32, pooled_projection_dim=64
     )
+    transformer = SD3Transformer2DModel(**_MMDIT, **sizes, attention_head_dim=8, num_attention_heads=4)
+    vae = _vae(**_FLOW_VAE)
+    encoders = _text_encoders(folder, ("clip+projection", "clip+projection", "t5"))
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_vae(shift_factor=0.0609, scaling_factor=1.5035),
-        text_encoder=_clip_text_encoder(tokenizer, projection=True),
-        tokenizer=tokenizer,
-        text_encoder_2=_clip_text_encoder(tokenizer_2, projection=True),
-        tokenizer_2=tokenizer_2,
-        text_encoder_3=_t5_encoder(tokenizer_3),
-        tokenizer_3=tokenizer_3,
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, **encoders
     )
     return _finish(pipe)
 
@@ -224,30 +216,45 @@ def tiny_sd3(folder: str | Path) -> StableDiffusion3Pipeline:
 def tiny_flux(folder: str | Path) -> FluxPipeline:
     """A random Flux-shaped pipeline (guidance-distilled MMDiT, one CLIP and a T5)."""
     torch.manual_seed(0)
-    tokenizer = build_clip_tokenizer(WORDS, Path(folder) / "tokenizer")
-    tokenizer_2 = t5_tokenizer(Path(folder) / "tokenizer_2")
+    sizes = dict(in_channels=16, num_single_layers=1, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
     transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-        guidance_embeds=True,
+        **_MMDIT, **sizes, attention_head_dim=16, num_attention_heads=2, guidance_embeds=True
     )
+    vae = _vae(latent_channels=4, **_FLOW_VAE)
+    encoders = _text_encoders(folder, ("clip", "t5"))
     pipe = FluxPipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_vae(latent_channels=4, shift_factor=0.0609, scaling_factor=1.5035),
-        text_encoder=_clip_text_encoder(tokenizer, projection=False),
-        tokenizer=tokenizer,
-        text_encoder_2=_t5_encoder(tokenizer_2),
-        tokenizer_2=tokenizer_2,
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, **encoders
     )
     return _finish(pipe)
+
+
+def tiny_image_encoder(kind: str, folder: str | Path, *, width: int = 16, resize: int = 32) -> Path:
+    """A random one-layer DINOv2 (``kind="dinov2"``) or CLIP vision tower with an 8-wide projection
+    (``"clip"``) on 32x32 crops, and its image processor (shortest edge ``resize``), saved like a Hub repo."""
+    from transformers import (
+        BitImageProcessor,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        Dinov2Config,
+        Dinov2Model,
+    )
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1, num_attention_heads=2)
+    tower |= dict(image_size=32, patch_size=8)
+    if kind == "dinov2":
+        model, processor = Dinov2Model(Dinov2Config(**tower)), BitImageProcessor
+    else:
+        model, processor = (
+            CLIPVisionModelWithProjection(CLIPVisionConfig(**tower, projection_dim=8)),
+            CLIPImageProcessor,
+        )
+    model.save_pretrained(str(folder))
+    processor(size={"shortest_edge": resize}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        str(folder)
+    )
+    return Path(folder)
 
 
 FACTORIES = {"sd15": tiny_sd15, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "flux": tiny_flux}

@@ -118,13 +118,9 @@ class TuneResult:
 
 def check_metrics(spec: TuneSpec) -> None:
     """Fail before anything loads when a metric is unknown or has the wrong level."""
-    import importlib
-
+    # The registry loads the plugins (the world's metrics among them) on the first lookup.
     from autolora.metrics import registry
 
-    importlib.import_module("autolora.metrics")
-    if spec.model == "world" or "world:" in spec.adherence_metric:
-        importlib.import_module("autolora.world.evaluators")
     for name, level in ((spec.diversity_metric, "group"), (spec.adherence_metric, "image")):
         metric = registry.get_metric(name, **spec.metric_options.get(name, {}))
         if metric.level != level:
@@ -308,7 +304,7 @@ class _TrialRunner:
     def objective(self, trial: Any, study: Any) -> tuple[float, float]:
         import optuna
 
-        from autolora.experiments.report import mean_ci95
+        from autolora.stats import mean_ci95
 
         started = time.monotonic()
         params = _suggest(trial, self.spec.methods, self.default_cfg)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autolora.cli.arguments import LORA_SOURCES, add_allow_pickle, add_device, add_loras, add_model
 from autolora.cli.generate import parse_lora_spec
-from autolora.devices import DTYPES
 from autolora.errors import ConfigError
 
 DEFAULT_PORT = 7860  # Gradio's
@@ -22,22 +22,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "app", help="open the web app: base CFG, LoRA+CFG and AutoLoRA side by side", description=__doc__
     )
-    parser.add_argument(
-        "--model",
-        default="world",
-        help="diffusers pipeline folder, Hub id, or 'world' (default: %(default)s)",
+    add_model(parser, default="world")
+    add_loras(
+        parser,
+        f"LoRA to offer ({LORA_SOURCES}); repeat for several. The world's LoRAs are always offered on the "
+        "world; others can be uploaded in the page",
+        required=False,
     )
-    parser.add_argument(
-        "--lora",
-        action="append",
-        default=[],
-        metavar="FILE[:SCALE]",
-        help="LoRA to offer (file, folder, Hub id or world:NAME); repeat for several. The world's LoRAs are "
-        "always offered on the world; others can be uploaded in the page",
-    )
-    parser.add_argument("--allow-pickle", action="store_true", help="allow pickle LoRA files you trust")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default: float32)")
+    add_allow_pickle(parser)
+    add_device(parser)
     parser.add_argument(
         "--features",
         default=None,
@@ -75,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
             )
     specs = [parse_lora_spec(text, 1.0) for text in args.lora]
     for spec in specs:
-        if not spec.source.startswith("world:"):
-            check_lora_source(spec.source, allow_pickle=args.allow_pickle)
+        check_lora_source(spec.source, allow_pickle=args.allow_pickle)
 
     try:
         import gradio  # noqa: F401

@@ -71,28 +71,23 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
     from autolora.images import make_grid, save_png
     from autolora.lora import load_lora
+    from autolora.params import GenerationParams
     from autolora.pipelines import default_cfg_scale, generate, load_pipeline
     from autolora.world.assets import lora_info
     from autolora.world.evaluators import prompted_digit
 
+    # Every option is checked here, before the world loads.
+    scales = {"cfg_base": args.cfg, "cfg_lora": args.cfg}
+    params = GenerationParams(
+        gamma=args.gamma, num_inference_steps=args.steps, seed=args.seed, num_images=args.images, **scales
+    )
     info = lora_info(args.lora)
     pipe = load_pipeline("world")
     load_lora(pipe, f"world:{args.lora}")
     digit = info.digit if info.digit is not None else prompted_digit({"prompt": info.prompt})
-    images_by_method = {}
-    for method in METHODS:
-        images_by_method[method] = generate(
-            pipe,
-            info.prompt,
-            method=method,
-            gamma=args.gamma,
-            cfg_base=args.cfg,
-            cfg_lora=args.cfg,
-            num_inference_steps=args.steps,
-            seed=args.seed,
-            num_images=args.images,
-            progress=False,
-        )
+    images_by_method = {
+        method: generate(pipe, info.prompt, params, method=method, progress=False) for method in METHODS
+    }
     rows = [
         [image.resize((CELL, CELL), Image.Resampling.NEAREST) for image in images]
         for images in images_by_method.values()

@@ -12,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from autolora.cli.arguments import LORA_SOURCES, add_device, add_loras, add_model, add_prompts, read_prompts
 from autolora.errors import ConfigError
 
 
@@ -22,18 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="distil AutoLoRA guidance into a LoRA that runs at LoRA+CFG's cost",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("--model", required=True, help="diffusers pipeline folder, Hub id, or 'world'")
-    parser.add_argument(
-        "--lora",
-        required=True,
-        metavar="FILE[:SCALE]",
-        help="the LoRA to distil: file, folder, Hub id or world:NAME",
-    )
-    parser.add_argument(
-        "--prompt",
-        action="append",
-        default=None,
-        help="a prompt of the LoRA; repeat for several (default for world:NAME: its prompt for every digit)",
+    add_model(parser)
+    add_loras(parser, f"the LoRA to distil: {LORA_SOURCES}", repeat=False)
+    add_prompts(
+        parser,
+        "a prompt of the LoRA; repeat for several (default for world:NAME: its prompt for every digit)",
     )
     parser.add_argument(
         "--gamma", type=float, default=1.5, help="the teacher's AutoLoRA gamma (default: 1.5)"
@@ -54,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--work", type=Path, default=None, help="teacher samples and checkpoints (default: OUT.work)"
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cpu)")
+    add_device(parser, "cpu", dtype=False)
     parser.add_argument("--out", type=Path, required=True, help="student LoRA .safetensors file to write")
     return parser
 
@@ -68,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.suffix != ".safetensors":
         raise ConfigError(f"--out must be a .safetensors file, got {args.out}")
     config = DistillConfig(
-        prompts=tuple(args.prompt or _world_prompts(spec.source)),
+        prompts=tuple(read_prompts(args) or _world_prompts(spec.source)),
         gamma=args.gamma,
         cfg_base=args.cfg_base,
         cfg_lora=args.cfg_lora,
@@ -80,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         checkpoint_every=args.checkpoint_every,
     )
-    if not spec.source.startswith("world:"):
-        check_lora_source(spec.source)
+    check_lora_source(spec.source)
 
     from autolora.lora import load_lora
     from autolora.pipelines import load_pipeline

@@ -31,9 +31,7 @@ OPTIONAL_BACKENDS = {
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "doctor",
-        help="print the environment and check it is one autolora is tested with",
-        description=__doc__,
+        "doctor", help="print the environment and check autolora is tested with it", description=__doc__
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--skip-world", action="store_true", help="do not load the miniature world (faster)")

@@ -1,4 +1,5 @@
-"""autolora eval: metrics of a folder of images, per image and per group, written to CSV or Parquet."""
+"""``autolora eval``: measure a folder of images per image and per group and write the results to CSV or
+Parquet; docs/evaluation.md lists the metrics and their options."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from autolora.cli.arguments import add_key_values
 from autolora.errors import ConfigError
 
 #: Metrics whose features come from ``--extractor``.
@@ -20,10 +22,7 @@ JUDGE_METRICS = ("judge:cps", "judge:pc_sa")
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``eval`` sub-command."""
     parser = subparsers.add_parser(
-        "eval",
-        help="evaluate a folder of images (diversity, Vendi, FD, KID, CLIP score, VLM judges)",
-        description="Measure a folder of images per image and per group and write the results to CSV or "
-        "Parquet; docs/evaluation.md lists the metrics and their options.",
+        "eval", help="evaluate images: diversity, Vendi, FD, KID, CLIP score, VLM judges", description=__doc__
     )
     parser.add_argument("folder", type=Path, help="folder of images (png, jpg, webp)")
     parser.add_argument("--metrics", required=True, help="comma-separated metric names, e.g. diversity,vendi")
@@ -42,12 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--character", help="character the judge looks for (judge:cps)")
     parser.add_argument("--style", help="style the judge checks (judge:pc_sa)")
     parser.add_argument("--cache", type=Path, help="folder caching features and per-image results")
-    parser.add_argument(
+    add_key_values(
+        parser,
         "--option",
-        action="append",
-        default=[],
-        metavar="METRIC.KEY=VALUE",
-        help="any metric option, value parsed as JSON when it can be, e.g. diversity.pooling=cls+mean",
+        "METRIC.KEY=VALUE",
+        "any metric option, value parsed as JSON when it can be, e.g. diversity.pooling=cls+mean",
     )
     return parser
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autolora import __version__
-from autolora.devices import DTYPES
+from autolora.cli.arguments import LORA_SOURCES, add_allow_pickle, add_device, add_loras, add_model
 from autolora.errors import ConfigError
 from autolora.params import GenerationParams, LoRASpec, cli_fields, cli_flag, parse_number
 
@@ -53,18 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Generate images from a base model and its LoRAs with AutoLoRA, LoRA or base guidance.",
     )
     model = parser.add_argument_group("model and LoRAs")
-    model.add_argument(
-        "--model",
-        required=True,
-        help="diffusers pipeline folder, Hub id, or 'world' for the miniature world",
-    )
-    model.add_argument(
-        "--lora",
-        action="append",
-        required=True,
-        metavar="FILE[:SCALE]",
-        help="LoRA weights: .safetensors file, folder, Hub id, or world:NAME; repeat to stack LoRAs, "
-        "each with its own optional scale, e.g. --lora style.safetensors:0.8",
+    add_model(model)
+    add_loras(
+        model,
+        f"LoRA weights: {LORA_SOURCES}; repeat to stack LoRAs, each with its own optional scale, "
+        "e.g. --lora style.safetensors:0.8",
     )
     model.add_argument(
         "--lora-scale",
@@ -73,17 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="S",
         help="scale of every --lora given without its own :SCALE (default: 1.0)",
     )
-    model.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="allow pickle LoRA files (.bin/.pt/.pth/.ckpt), which can run code: only for files you trust",
-    )
-    model.add_argument(
-        "--device",
-        default=None,
-        help="torch device, e.g. cpu or cuda:1 (default: cuda if available, else cpu)",
-    )
-    model.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default: float32)")
+    add_allow_pickle(model)
+    add_device(model)
 
     groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
     groups["prompt"].add_argument("--prompt", required=True, help="text prompt")

@@ -1,34 +1,30 @@
-"""``autolora sweep``: run a declarative sweep (a file or a shipped preset) into a run folder, resumably.
-
-Spread it over GPUs or nodes with ``accelerate launch -m autolora sweep ...``.
+"""``autolora sweep``: run a declarative sweep (a .toml/.yaml file or a shipped preset) into a run folder;
+re-run to resume. Spread it over GPUs or nodes with: ``accelerate launch -m autolora sweep ...``.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from autolora.cli.arguments import add_key_values, add_no_progress
 from autolora.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``sweep`` sub-command."""
     parser = subparsers.add_parser(
-        "sweep",
-        help="generate and evaluate a sweep of images (resumable, multi-GPU with accelerate launch)",
-        description="Run a sweep (a .toml/.yaml file or a preset) into a run folder; re-run to resume. "
-        "Spread it over GPUs or nodes with: accelerate launch -m autolora sweep ...",
+        "sweep", help="generate and evaluate a sweep of images (resumable, multi-GPU)", description=__doc__
     )
     parser.add_argument("config", nargs="?", help="a sweep file (.toml, .yaml) or a preset name (see --list)")
     parser.add_argument(
         "--out", metavar="RUN", help="run folder: images, index.sqlite, metrics (re-use it to resume)"
     )
-    parser.add_argument(
+    add_key_values(
+        parser,
         "--set",
+        "KEY=VALUE",
+        "override a setting, e.g. --set loras.0.source=anna.safetensors --set seeds.count=8 (repeatable)",
         dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set loras.0.source=anna.safetensors --set seeds.count=8 (repeatable)",
     )
     parser.add_argument(
         "--limit", type=int, help="only the first N images of the sweep (in its stable order)"
@@ -37,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="validate and print the plan, generate nothing"
     )
     parser.add_argument("--list", action="store_true", help="list the shipped presets and exit")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress(parser)
     return parser
 
 

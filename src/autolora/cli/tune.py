@@ -6,6 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autolora.cli.arguments import (
+    LORA_SOURCES,
+    add_key_values,
+    add_loras,
+    add_model,
+    add_no_progress,
+    add_prompts,
+    read_prompts,
+)
 from autolora.errors import ConfigError
 
 
@@ -18,12 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="find the guidance setting with the most varied images at the adherence you want",
         description=__doc__.replace("\n", " "),
     )
-    parser.add_argument("--model", required=True, help="diffusers pipeline folder, Hub id, or 'world'")
-    parser.add_argument(
-        "--lora", action="append", required=True, metavar="FILE[:SCALE]", help="LoRA weights (repeatable)"
-    )
-    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    parser.add_argument("--prompts-file", type=Path, help="a file with one prompt a line")
+    add_model(parser)
+    add_loras(parser, f"LoRA weights: {LORA_SOURCES} (repeatable)")
+    add_prompts(parser)
     parser.add_argument(
         "--seeds",
         type=int,
@@ -51,12 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="its result column, e.g. sa for judge:pc_sa (default: style_score for world:style, "
         "digit_score for world:digit, else the metric's name)",
     )
-    parser.add_argument(
+    add_key_values(
+        parser,
         "--metric-option",
-        action="append",
-        default=[],
-        metavar="METRIC.KEY=VALUE",
-        help="a metric option, e.g. diversity.extractor=dinov2 (repeatable)",
+        "METRIC.KEY=VALUE",
+        "a metric option, e.g. diversity.extractor=dinov2 (repeatable)",
     )
     floor = parser.add_mutually_exclusive_group()
     floor.add_argument("--floor", type=float, help="adherence floor: settings below it are not recommended")
@@ -72,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the optimiser (default: 0)")
     parser.add_argument("--out", required=True, type=Path, help="folder of the study; re-use it to resume")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress(parser)
     return parser
 
 
@@ -83,15 +88,10 @@ def run(args: argparse.Namespace) -> int:
     from autolora.lora import check_lora_source
     from autolora.tune import TuneSpec, tune
 
-    prompts = list(args.prompt)
-    if args.prompts_file is not None:
-        if not args.prompts_file.is_file():
-            raise ConfigError(f"--prompts-file {args.prompts_file} does not exist")
-        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+    prompts = read_prompts(args)
     loras = [parse_lora_spec(text, 1.0) for text in args.lora]
     for lora in loras:
-        if not lora.source.startswith("world:"):
-            check_lora_source(lora.source)
+        check_lora_source(lora.source)
     adherence = args.adherence_metric
     column = args.adherence_column or _KNOWN_COLUMNS.get(adherence, adherence)
     options: dict = {}

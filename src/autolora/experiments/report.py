@@ -28,6 +28,7 @@ from autolora.errors import ConfigError, InputFileError
 from autolora.experiments.index import CONFIG_NAME, INDEX_NAME, REPORT_DIR, RunIndex
 from autolora.images import atomic_write_bytes, make_grid
 from autolora.pareto import pareto_mask
+from autolora.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, mean_ci95
 
 ReportFormat = Literal["md", "html"]
 ExportFormat = Literal["csv", "parquet"]
@@ -37,9 +38,6 @@ _GRID_MAX_ROWS = 16
 _GRID_MAX_SEEDS = 8
 _GRID_MAX_PROMPTS = 4
 _THUMBNAIL_PX = 192
-# Percentile bootstrap of the mean: resamples and a fixed seed, so a report is reproducible.
-_BOOTSTRAP_RESAMPLES = 2000
-_BOOTSTRAP_SEED = 0
 # Diversity metrics: the vertical axis of the Pareto plots, against every other metric.
 _DIVERSITY_METRICS = ("diversity", "vendi")
 
@@ -119,27 +117,6 @@ def summarize(run: RunData) -> pd.DataFrame:
             }
             rows.append({**dict(zip(cells, cell, strict=True)), **stats})
     return pd.DataFrame(rows, columns=[*cells, "metric", "mean", "ci_low", "ci_high", "n", "over"])
-
-
-def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and 95% percentile-bootstrap interval of the mean; the bounds are NaN for fewer than two values.
-
-    Bootstrap means are means of the values, so the interval stays within [min, max] of the values and
-    hence within any bound the metric has (a t-interval of three probabilities can reach -1 and 1.5).
-    """
-    import numpy as np
-
-    clean = np.array([float(v) for v in values if v is not None and not math.isnan(float(v))])
-    if not len(clean):
-        return math.nan, math.nan, math.nan
-    mean = float(clean.mean())
-    if len(clean) < 2:
-        return mean, math.nan, math.nan
-    rng = np.random.default_rng(_BOOTSTRAP_SEED)
-    means = rng.choice(clean, size=(_BOOTSTRAP_RESAMPLES, len(clean))).mean(axis=1)
-    low, high = np.quantile(means, [0.025, 0.975])
-    # Summation order can put a mean of equal values one ulp past them: keep the bounds on the values.
-    return mean, float(max(low, clean.min())), float(min(high, clean.max()))
 
 
 def paper_table(run: RunData, summary: pd.DataFrame) -> pd.DataFrame:
@@ -477,8 +454,8 @@ def _html(run: RunData, table: pd.DataFrame, figures: list[tuple[str, Path]]) ->
 def _caption(run: RunData) -> str:
     return (
         f"{len(run.images)} images; variants: {', '.join(run.variants)}; swept: {', '.join(run.axes) or 'nothing'}."
-        f" Cells: mean [95% interval], a percentile bootstrap of the mean ({_BOOTSTRAP_RESAMPLES} resamples,"
-        " seed 0) over groups, or over images when a cell holds one group; it stays within the values'"
+        f" Cells: mean [95% interval], a percentile bootstrap of the mean ({BOOTSTRAP_RESAMPLES} resamples,"
+        f" seed {BOOTSTRAP_SEED}) over groups, or over images when a cell holds one group; it stays within the values'"
         " range, so bounded scores keep their bounds, and it is narrow when there are few values."
     )
 

@@ -27,12 +27,10 @@ CHUNK = 64
 
 
 def resolve_base(base: str) -> str:
-    """A pipeline folder or Hub id; ``"world"`` is the miniature world's pipeline."""
-    if base == "world":
-        from autolora.world.assets import base_pipeline_path
+    """A pipeline folder or Hub id; a model alias (``"world"``) is the folder it names."""
+    from autolora.sources import resolve_model
 
-        return str(base_pipeline_path())
-    return base
+    return resolve_model(base)
 
 
 def base_linear_shapes(base: str) -> dict[str, tuple[int, int]]:
@@ -219,7 +217,7 @@ def _lora_sources(lora_dir: Path) -> list[Path]:
 
 def _image_sets(sources: list[Path]) -> list[list[Path]]:
     """The reference images of each LoRA (``<stem>/*.png|jpg|webp``); every LoRA needs some."""
-    from autolora.synthesis.conditions import IMAGE_SUFFIXES
+    from autolora.images import IMAGE_SUFFIXES
 
     sets = []
     for source in sources:

@@ -18,8 +18,6 @@ from PIL import Image
 
 from autolora.errors import ConfigError, InputFileError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
 
 class ConditionEncoder(Protocol):
     """Anything that maps a batch of images to one embedding per image."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from autolora.checks import at_least, check_bounds
 from autolora.errors import ConfigError
 
 PriorKind = Literal["pca", "regressor", "diffusion"]
@@ -20,23 +21,23 @@ class PriorConfig:
     #: Diffusion prior: how the condition enters each block.
     conditioning: Conditioning = "hyperada"
     #: PCA: number of principal components kept.
-    components: int = 64
+    components: int = at_least(64)
     #: LoRA VAE: token width per segment, latent size, transformer layers and heads, L1 weight on z.
-    token_dim: int = 64
-    latent_dim: int = 64
-    vae_layers: int = 2
-    heads: int = 4
+    token_dim: int = at_least(64)
+    latent_dim: int = at_least(64)
+    vae_layers: int = at_least(2)
+    heads: int = at_least(4)
     l1: float = 1e-4
     #: Regressor / diffusion prior: MLP width, diffusion blocks, HyperAda rank, timesteps, CFG dropout.
-    hidden: int = 256
-    blocks: int = 4
-    hyper_rank: int = 16
-    timesteps: int = 100
+    hidden: int = at_least(256)
+    blocks: int = at_least(4)
+    hyper_rank: int = at_least(16)
+    timesteps: int = at_least(100)
     cond_dropout: float = 0.1
     #: Training.
     vae_steps: int = 2000
     prior_steps: int = 2000
-    batch_size: int = 64
+    batch_size: int = at_least(64)
     learning_rate: float = 1e-3
     seed: int = 0
 
@@ -45,19 +46,6 @@ class PriorConfig:
             raise ConfigError(f"unknown prior kind {self.kind!r}; known: {', '.join(PRIOR_KINDS)}")
         if self.conditioning not in ("hyperada", "adanorm"):
             raise ConfigError(f"conditioning must be 'hyperada' or 'adanorm', got {self.conditioning!r}")
-        for name in (
-            "components",
-            "token_dim",
-            "latent_dim",
-            "vae_layers",
-            "heads",
-            "hidden",
-            "blocks",
-            "hyper_rank",
-            "timesteps",
-            "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"prior config: {name} must be at least 1, got {getattr(self, name)}")
+        check_bounds(self, "prior config")
         if not 0 <= self.cond_dropout < 1:
             raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")

@@ -70,7 +70,8 @@ class CoefficientLoRA(nn.Module):
 
 @dataclass
 class DiffusionLoss:
-    """The denoising loss (``autolora.world.training.denoising_loss``) of a pipeline's UNet on a few captioned images (latents cached)."""
+    """The denoising loss (``autolora.world.training.denoising_loss``) of a pipeline's UNet on a few
+    captioned images, their latents cached."""
 
     pipe: Any
     latents: torch.Tensor

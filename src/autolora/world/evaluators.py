@@ -33,6 +33,7 @@ from torch import nn
 from autolora.errors import ConfigError, InputFileError
 from autolora.metrics.features import FeatureExtractor, register_extractor
 from autolora.metrics.registry import ImageRecord, Metric, register_metric
+from autolora.training import Schedule, StageResult, run_stage
 from autolora.world.assets import ASSETS_DIR
 from autolora.world.styles import (
     DIGIT_NAMES,
@@ -42,7 +43,7 @@ from autolora.world.styles import (
     random_style_names,
     sample_styles,
 )
-from autolora.world.training import StageResult, images_to_tensor, run_stage, training_device, write_json
+from autolora.world.training import images_to_tensor, training_device, write_json
 
 if TYPE_CHECKING:
     from autolora.world.train import Plan
@@ -164,16 +165,9 @@ def train_evaluators(out: Path, work: Path, plan: Plan, seed: int) -> tuple[Stag
         )
 
     parameters = [p for module in modules.values() for p in module.parameters()]
+    schedule = Schedule(plan.evaluator_steps, learning_rate=2e-3, warmup=100)
     result = run_stage(
-        "evaluators",
-        modules,
-        parameters,
-        loss_fn,
-        steps=plan.evaluator_steps,
-        seed=seed,
-        learning_rate=2e-3,
-        checkpoint=work / "evaluators.ckpt",
-        warmup=min(100, plan.evaluator_steps),
+        "evaluators", modules, parameters, loss_fn, schedule, seed=seed, checkpoint=work / "evaluators.ckpt"
     )
     for module in modules.values():
         module.to("cpu")

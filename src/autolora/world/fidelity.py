@@ -33,6 +33,7 @@ from PIL import Image
 
 from autolora.metrics.distribution import frechet_distance
 from autolora.world.evaluators import WorldEvaluators, load_evaluators
+from autolora.world.study import sample, world_pipeline
 from autolora.world.styles import (
     DIGIT_NAMES,
     STYLES,
@@ -124,23 +125,6 @@ def measure_renders_and_vae(
     return rows
 
 
-def _sample(pipe, prompt: str, method: str, count: int, steps: int, seed: int) -> list[Image.Image]:
-    from autolora.pipelines import generate
-    from autolora.world.assets import WORLD_CFG
-
-    return generate(
-        pipe,
-        prompt,
-        method=method,
-        cfg_base=WORLD_CFG,
-        cfg_lora=WORLD_CFG,
-        num_inference_steps=steps,
-        seed=seed,
-        num_images=count,
-        progress=False,
-    )
-
-
 def measure_samples(
     rows: list[StyleRow],
     evaluators: WorldEvaluators,
@@ -154,19 +138,13 @@ def measure_samples(
 
     ``reference`` and ``second`` are two independent held-out render sets per style (for the FD ratio).
     """
-    from autolora.lora import load_lora
-    from autolora.pipelines import load_pipeline
-
     index = json.loads((world / "loras" / "index.json").read_text())
     for row in rows:
         if row.style != "base" and row.style not in index:
             continue
         style = get_style(row.style)
-        pipe = load_pipeline(str(world / "pipeline"))
-        pipe.set_progress_bar_config(disable=True)
         method = "base" if row.style == "base" else "lora"
-        if method == "lora":
-            load_lora(pipe, str(world / "loras" / index[row.style].get("file", f"{row.style}.safetensors")))
+        pipe = world_pipeline(world, row.style if method == "lora" else None)
         digits = [style.digit] if style.digit is not None else list(range(10))
         images, labels = [], []
         for digit in digits:
@@ -177,7 +155,7 @@ def measure_samples(
                 prompt = f"a {DIGIT_NAMES[digit]}"
             else:
                 prompt = f"a {DIGIT_NAMES[digit]} in {style.trigger} style"
-            images += _sample(pipe, prompt, method, count, steps, seed=1000 * digit)
+            images += sample(pipe, prompt, count, steps, seed=1000 * digit, method=method)
             labels += [digit] * count
         row.sample_digit, row.sample_style = accuracies(evaluators, images, labels, row.style)
         row.grid.append(images[::per_digit][:8])

@@ -24,21 +24,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from autolora.errors import ConfigError, InputFileError
+from autolora.images import IMAGE_SUFFIXES
 from autolora.lora import to_kohya_state_dict
+from autolora.training import Schedule, StageResult, run_stage
+from autolora.world import training
 from autolora.world.lora_config import LoRATrainingConfig
 from autolora.world.styles import STYLES, get_style, sample_style
-from autolora.world.training import (
-    StageResult,
-    denoising_loss,
-    draw_latents,
-    encode_captions,
-    images_to_tensor,
-    read_json,
-    run_stage,
-    write_json,
-)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def _read_metadata(metadata: Path) -> list[tuple[str, str]]:
@@ -112,9 +103,9 @@ def encode_images(
 ) -> EncodedImages:
     """Encode ``images`` (resized to the pipeline's resolution) and ``captions`` once, before training."""
     size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-    pixels = images_to_tensor([image.resize((size, size)) for image in images])
+    pixels = training.images_to_tensor([image.resize((size, size)) for image in images])
     posterior = pipeline.vae.encode(pixels).latent_dist
-    hidden = pipeline.text_encoder(encode_captions(pipeline.tokenizer, captions))[0]
+    hidden = pipeline.text_encoder(training.encode_captions(pipeline.tokenizer, captions))[0]
     return EncodedImages(posterior.mean, posterior.std, hidden, pipeline.vae.config.scaling_factor)
 
 
@@ -185,22 +176,13 @@ def train_lora(
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(images), (config.batch_size,), generator=generator)
-        latents = draw_latents(
+        latents = training.draw_latents(
             encoded.latent_mean[index], encoded.latent_std[index], encoded.scaling, generator
         )
-        return denoising_loss(unet, noise_schedule, latents, encoded.hidden_states[index], generator)
+        return training.denoising_loss(unet, noise_schedule, latents, encoded.hidden_states[index], generator)
 
-    result = run_stage(
-        "lora",
-        {},
-        trainable,
-        loss_fn,
-        steps=config.steps,
-        seed=config.seed,
-        learning_rate=config.learning_rate,
-        checkpoint_every=config.steps,
-        weight_decay=0.0,
-    )
+    schedule = Schedule(config.steps, config.learning_rate, checkpoint_every=config.steps, weight_decay=0.0)
+    result = run_stage("lora", {}, trainable, loss_fn, schedule, seed=config.seed)
     save_lora(unet, Path(out_file), config, Path(kohya_file) if kohya_file is not None else None)
     unet.delete_adapters("default")
     return result
@@ -296,19 +278,19 @@ def train_lora_bank(
             continue
         lora_config = replace(config, seed=seed + offset)
         entry = _train_bank_entry(pipeline, name, out_dir, lora_config, images, seed + 100 + offset)
-        write_json(entry_path, entry)
+        training.write_json(entry_path, entry)
         lock.unlink()
     index = {}
     for name in style_names:
         if (out_dir / f"{name}.json").exists():
-            index[name] = read_json(out_dir / f"{name}.json")
+            index[name] = training.read_json(out_dir / f"{name}.json")
             if name == KOHYA_LORA:
                 index[f"{name}-kohya"] = {
                     **index[name],
                     "file": f"{name}-kohya.safetensors",
                     "format": "kohya",
                 }
-    write_json(out_dir / "index.json", index)
+    training.write_json(out_dir / "index.json", index)
     return index
 
 

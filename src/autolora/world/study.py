@@ -3,7 +3,7 @@
 For every style LoRA and several digits, generates the same seeds with the base model (prompt
 "a seven"), the LoRA with CFG ("a seven in neon style", LoRA scale 1.0) and AutoLoRA, and
 measures per prompt: diversity (Eq. 8 on the ``world`` features), style score and digit score.
-Means over prompts come with 95% bootstrap confidence intervals.
+Means over prompts come with 95% bootstrap confidence intervals (``autolora.stats.mean_ci95``).
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
+from PIL import Image
 
 from autolora.metrics.diversity import diversity
+from autolora.stats import format_mean_ci95
 from autolora.world.assets import ASSETS_DIR, WORLD_CFG
 from autolora.world.evaluators import load_evaluators
 from autolora.world.styles import DIGIT_NAMES, get_style
@@ -28,6 +30,35 @@ def style_loras(world: Path = ASSETS_DIR) -> list[str]:
     """The style LoRAs (not the character, not format twins) of the world in ``world``."""
     index = json.loads((world / "loras" / "index.json").read_text())
     return sorted(name for name, entry in index.items() if entry["kind"] == "style" and "format" not in entry)
+
+
+def world_pipeline(world: Path, lora: str | None = None) -> Any:
+    """The base pipeline of the trained world folder ``world``, with its LoRA ``lora`` loaded if given."""
+    from autolora.lora import load_lora
+    from autolora.pipelines import load_pipeline
+
+    pipe = load_pipeline(str(world / "pipeline"))
+    if lora is not None:
+        index = json.loads((world / "loras" / "index.json").read_text())
+        load_lora(pipe, str(world / "loras" / index[lora].get("file", f"{lora}.safetensors")))
+    return pipe
+
+
+def sample(pipe: Any, prompt: str, count: int, steps: int, seed: int, **options: Any) -> list[Image.Image]:
+    """``count`` images of ``prompt`` at the world's CFG scale in both branches; ``options`` go to ``generate``."""
+    from autolora.pipelines import generate
+
+    return generate(
+        pipe,
+        prompt,
+        cfg_base=WORLD_CFG,
+        cfg_lora=WORLD_CFG,
+        num_inference_steps=steps,
+        seed=seed,
+        num_images=count,
+        progress=False,
+        **options,
+    )
 
 
 def run_study(
@@ -43,32 +74,17 @@ def run_study(
 
     ``world`` is a trained world folder (pipeline, loras, evaluators); the shipped one by default.
     """
-    from autolora.lora import load_lora
-    from autolora.pipelines import generate, load_pipeline
-
     evaluators = load_evaluators(world / "evaluators")
     index = json.loads((world / "loras" / "index.json").read_text())
     rows = []
     for name in loras:
         style = get_style(index[name]["style"])
-        pipe = load_pipeline(str(world / "pipeline"))
-        load_lora(pipe, str(world / "loras" / index[name].get("file", f"{name}.safetensors")))
+        pipe = world_pipeline(world, name)
         for digit in digits:
             word = DIGIT_NAMES[digit]
             for method in METHODS:
                 prompt = f"a {word}" if method == "base" else f"a {word} in {style.trigger} style"
-                batch = generate(
-                    pipe,
-                    prompt,
-                    method=method,
-                    gamma=gamma,
-                    cfg_base=WORLD_CFG,
-                    cfg_lora=WORLD_CFG,
-                    num_inference_steps=steps,
-                    seed=seed,
-                    num_images=images,
-                    progress=False,
-                )
+                batch = sample(pipe, prompt, images, steps, seed, method=method, gamma=gamma)
                 style_p = evaluators.style_probabilities(batch)[:, evaluators.styles.index(style.name)]
                 rows.append(
                     {
@@ -84,13 +100,6 @@ def run_study(
     return pd.DataFrame(rows)
 
 
-def bootstrap_ci(values: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean of ``values``."""
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(rounds, len(values))).mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95% CI over prompts of each metric per method, plus the paired LoRA-minus-base gap."""
     rows = []
@@ -99,19 +108,11 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     for method, group in distinct.groupby("method", sort=False):
         row = {"method": method, "prompts": len(group)}
         for metric in ("diversity", "style_score", "digit_score"):
-            low, high = bootstrap_ci(group[metric].to_numpy())
-            row[metric] = f"{group[metric].mean():.3f} [{low:.3f}, {high:.3f}]"
+            row[metric] = format_mean_ci95(group[metric].to_numpy())
         rows.append(row)
     paired = results.pivot_table(index=["lora", "digit"], columns="method", values="diversity")
     gap = (paired["lora"] - paired["base"]).to_numpy()
-    low, high = bootstrap_ci(gap)
-    rows.append(
-        {
-            "method": "lora - base (paired)",
-            "prompts": len(gap),
-            "diversity": f"{gap.mean():.3f} [{low:.3f}, {high:.3f}]",
-        }
-    )
+    rows.append({"method": "lora - base (paired)", "prompts": len(gap), "diversity": format_mean_ci95(gap)})
     return pd.DataFrame(rows)
 
 

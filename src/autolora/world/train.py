@@ -28,6 +28,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
 
+from autolora.training import Schedule, StageResult, run_stage
 from autolora.world import components
 from autolora.world.assets import ASSETS_DIR
 from autolora.world.lora_config import LoRATrainingConfig
@@ -41,13 +42,11 @@ from autolora.world.styles import (
     sample_styles,
 )
 from autolora.world.training import (
-    StageResult,
     denoising_loss,
     draw_latents,
     encode_captions,
     images_to_tensor,
     read_json,
-    run_stage,
     training_device,
     write_json,
 )
@@ -147,17 +146,9 @@ def train_vae(work: Path, plan: Plan, seed: int) -> tuple[AutoencoderKL, StageRe
         mse = torch.nn.functional.mse_loss(reconstruction, batch)
         return mse + plan.vae_edge_weight * edge_loss(reconstruction, batch) + 1e-4 * kl_per_element
 
+    schedule = Schedule(plan.vae_steps, learning_rate=1e-3, warmup=100, checkpoint_every=50)
     result = run_stage(
-        "vae",
-        {"vae": vae},
-        vae.parameters(),
-        loss_fn,
-        steps=plan.vae_steps,
-        seed=seed,
-        learning_rate=1e-3,
-        checkpoint=work / "vae.ckpt",
-        checkpoint_every=50,
-        warmup=min(100, plan.vae_steps),
+        "vae", {"vae": vae}, vae.parameters(), loss_fn, schedule, seed=seed, checkpoint=work / "vae.ckpt"
     )
     with torch.no_grad():
         means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels[:2048].split(256)])
@@ -196,18 +187,16 @@ def train_base(work: Path, out: Path, plan: Plan, seed: int) -> StageResult:
         latents = draw_latents(latent_mean[index], latent_std[index], vae.config.scaling_factor, generator)
         return denoising_loss(unet, noise_schedule, latents, conditioning, generator)
 
+    schedule = Schedule(plan.base_steps, learning_rate=5e-4, warmup=200, checkpoint_every=100)
     result = run_stage(
         "base",
         {"unet": unet},
         parameters,
         loss_fn,
-        steps=plan.base_steps,
+        schedule,
         seed=seed,
-        learning_rate=5e-4,
         checkpoint=work / "base.ckpt",
-        checkpoint_every=100,
         ema=ema,
-        warmup=min(200, plan.base_steps),
     )
     ema.copy_to(parameters)
     pipeline = StableDiffusionPipeline(

@@ -1,0 +1,31 @@
+import math
+
+import numpy as np
+
+from autolora.stats import format_mean_ci95, mean_ci95
+
+
+def test_mean_ci95_is_a_reproducible_bootstrap_around_the_mean():
+    values = [float(v) for v in range(20)]
+    mean, low, high = mean_ci95(values)
+    assert mean == 9.5
+    # The bootstrap standard error of a mean is sd / sqrt(n) = 1.29; the 95% interval spans about 4 of them.
+    assert low < mean < high and 3.5 * 1.29 < high - low < 4.5 * 1.29
+    assert mean_ci95(values) == (mean, low, high)
+    single = mean_ci95([0.7])
+    assert single[0] == 0.7 and math.isnan(single[1]) and math.isnan(single[2])
+
+
+def test_interval_of_a_bounded_score_stays_in_its_range():
+    # Three probabilities: a Student-t interval would run from about -1.0 to 1.5.
+    mean, low, high = mean_ci95([0.02, 0.97, 0.25])
+    assert 0.02 <= low < mean < high <= 0.97
+    assert mean_ci95([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
+
+
+def test_missing_values_are_left_out_and_the_text_form_rounds_the_same_interval():
+    values = [0.0, 1.0, 0.5, 0.25]
+    assert mean_ci95([*values, None, math.nan]) == mean_ci95(values)
+    mean, low, high = mean_ci95(np.array(values))
+    assert format_mean_ci95(values) == f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    assert low <= 0.4375 <= high
