@@ -2,10 +2,11 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DDPMScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from autolora.errors import ConfigError
@@ -13,6 +14,7 @@ from autolora.metrics.features import get_extractor
 from autolora.world import components, fidelity, train
 from autolora.world.evaluators import load_evaluators
 from autolora.world.styles import STYLES, sample_style
+from autolora.world.training import denoising_loss, prediction_target
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +120,29 @@ def test_force_retrains_a_recorded_stage_from_scratch(tmp_path):
     train.run(["vae"], work, out, seed=0, plan=train.TINY_PLAN, force=True)
     again = load_file(work / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_denoising_loss_targets_what_the_schedule_predicts(kind):
+    schedule = DDPMScheduler.from_config({**components.SCHEDULE, "prediction_type": kind})
+    latents = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(1))
+    seen = {}
+
+    def denoiser(noisy, timesteps, hidden):
+        seen.update(noisy=noisy, timesteps=timesteps)
+        return SimpleNamespace(sample=torch.zeros_like(noisy))
+
+    loss = denoising_loss(denoiser, schedule, latents, torch.zeros(3, 1, 8), torch.Generator().manual_seed(0))
+    # Replay the loss's draws to recover its noise and timesteps.
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(latents.shape, generator=generator)
+    assert torch.equal(seen["timesteps"], torch.randint(1000, (3,), generator=generator))
+    target = noise if kind == "epsilon" else schedule.get_velocity(latents, noise, seen["timesteps"])
+    assert torch.allclose(loss, target.pow(2).mean())
+    assert kind == "epsilon" or not torch.allclose(target, noise)
+
+
+def test_denoising_loss_refuses_a_prediction_type_it_cannot_train():
+    schedule = DDPMScheduler.from_config({**components.SCHEDULE, "prediction_type": "sample"})
+    with pytest.raises(ConfigError, match="'sample'"):
+        prediction_target(schedule, torch.zeros(1), torch.zeros(1), torch.zeros(1, dtype=torch.long))

@@ -70,7 +70,8 @@ class CoefficientLoRA(nn.Module):
 
 @dataclass
 class DiffusionLoss:
-    """The epsilon-prediction loss of a pipeline's UNet on a few captioned images (latents cached)."""
+    """The denoising loss (``autolora.world.training.denoising_loss``) of a pipeline's UNet on a few
+    captioned images, their latents cached."""
 
     pipe: Any
     latents: torch.Tensor
@@ -97,16 +98,16 @@ class DiffusionLoss:
         """Loss of the UNet with ``parameters`` substituted (``torch.func.functional_call``)."""
         from diffusers import DDPMScheduler
 
+        from autolora.world.training import denoising_loss
+
         # The forward process of DDPM whatever sampler the pipeline ships with.
         schedule = DDPMScheduler.from_config(self.pipe.scheduler.config)
         index = torch.randint(len(self.latents), (batch_size,), generator=generator)
-        noise = torch.randn(self.latents[index].shape, generator=generator)
-        t = torch.randint(schedule.config.num_train_timesteps, (batch_size,), generator=generator)
-        noisy = schedule.add_noise(self.latents[index], noise, t)
-        prediction = torch.func.functional_call(
-            self.pipe.unet, parameters, (noisy, t, self.hidden[index])
-        ).sample
-        return F.mse_loss(prediction, noise)
+
+        def unet(*inputs: torch.Tensor) -> Any:
+            return torch.func.functional_call(self.pipe.unet, parameters, inputs)
+
+        return denoising_loss(unet, schedule, self.latents[index], self.hidden[index], generator)
 
 
 def fit_coefficients(

@@ -71,7 +71,7 @@ class Plan:
     renders_per_random_style: int = 2
     #: Weight of the L1 loss on image gradients that keeps edges and textures sharp.
     vae_edge_weight: float = 0.5
-    base_steps: int = 12000
+    base_steps: int = 6000
     base_batch: int = 32
     #: Renders per training digit for the base model.
     base_renders_per_digit: int = 4
@@ -158,7 +158,7 @@ def train_vae(work: Path, plan: Plan, seed: int) -> tuple[AutoencoderKL, StageRe
 
 
 def train_base(work: Path, out: Path, plan: Plan, seed: int) -> StageResult:
-    """Stage 3: text encoder and UNet on latents of the base style; saves the pipeline to ``out``."""
+    """Stage 3: the UNet on latents of the base style (text encoder frozen); saves the pipeline to ``out``."""
     device = training_device()
     vae = AutoencoderKL.from_pretrained(work / "vae").to(device)
     tokenizer = components.build_tokenizer(work / "tokenizer")
@@ -168,27 +168,35 @@ def train_base(work: Path, out: Path, plan: Plan, seed: int) -> StageResult:
     noise_schedule = components.build_train_scheduler()
     train_digits = sum(not is_held_out(i) for i in range(len(load_digits()[1])))
     samples = sample_style("base", plan.base_renders_per_digit * train_digits, seed)
-    token_ids = encode_captions(tokenizer, [s.caption for s in samples]).to(device)
-    empty_ids = encode_captions(tokenizer, [""]).to(device)
     with torch.no_grad():
+        # The text encoder stays frozen at its seeded initialisation, as SD's CLIP stays frozen: trained
+        # jointly from scratch, it learned to map every prompt to the same states and the UNet ignored them.
+        hidden_states = text_encoder(encode_captions(tokenizer, [s.caption for s in samples]).to(device))[0]
+        empty_states = text_encoder(encode_captions(tokenizer, [""]).to(device))[0]
         pixels = images_to_tensor([s.image for s in samples]).to(device)
         posteriors = [vae.encode(chunk).latent_dist for chunk in pixels.split(512)]
     latent_mean = torch.cat([p.mean for p in posteriors])
     latent_std = torch.cat([p.std for p in posteriors])
-    parameters = [*unet.parameters(), *text_encoder.parameters()]
+    parameters = list(unet.parameters())
     ema = EMAModel(parameters, decay=0.999)
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(samples), (plan.base_batch,), generator=generator).to(device)
         dropped = (torch.rand(plan.base_batch, generator=generator) < CAPTION_DROPOUT).to(device)
-        tokens = torch.where(dropped[:, None], empty_ids, token_ids[index])
+        conditioning = torch.where(dropped[:, None, None], empty_states, hidden_states[index])
         latents = draw_latents(latent_mean[index], latent_std[index], vae.config.scaling_factor, generator)
-        return denoising_loss(unet, noise_schedule, latents, text_encoder(tokens)[0], generator)
+        return denoising_loss(unet, noise_schedule, latents, conditioning, generator)
 
     schedule = Schedule(plan.base_steps, learning_rate=5e-4, warmup=200, checkpoint_every=100)
-    modules = {"unet": unet, "text_encoder": text_encoder}
     result = run_stage(
-        "base", modules, parameters, loss_fn, schedule, seed=seed, checkpoint=work / "base.ckpt", ema=ema
+        "base",
+        {"unet": unet},
+        parameters,
+        loss_fn,
+        schedule,
+        seed=seed,
+        checkpoint=work / "base.ckpt",
+        ema=ema,
     )
     ema.copy_to(parameters)
     pipeline = StableDiffusionPipeline(

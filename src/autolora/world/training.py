@@ -1,24 +1,26 @@
 """What every stage of the miniature world trains with, besides the loop (``autolora.training``).
 
-``denoising_loss`` is the epsilon-prediction objective of DDPM that trains both the base
-model's UNet and every LoRA.
+``denoising_loss`` is DDPM's denoising objective, with the target the model's scheduler names
+(epsilon or velocity), that trains both the base model's UNet and every LoRA.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import CLIPTokenizer
 
+from autolora.errors import ConfigError
 from autolora.images import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
 
 
 def training_device() -> torch.device:
@@ -34,24 +36,40 @@ def draw_latents(
     return (mean + std * noise) * scaling
 
 
+def prediction_target(
+    noise_schedule: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the denoiser predicts: the noise ``eps``, or the velocity ``sqrt(abar_t) eps - sqrt(1 - abar_t) x0``
+    (Salimans & Ho 2022, SD 2.x's 768 models), as ``noise_schedule.config.prediction_type`` says."""
+    kind = noise_schedule.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_schedule.get_velocity(latents, noise, timesteps)
+    raise ConfigError(f"denoising loss: prediction type {kind!r} is not supported (epsilon, v_prediction)")
+
+
 def denoising_loss(
-    unet: UNet2DConditionModel,
+    unet: Callable[..., Any],
     noise_schedule: DDPMScheduler,
     latents: torch.Tensor,
     hidden_states: torch.Tensor,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """DDPM's epsilon-prediction loss ``|| eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, c) ||^2``.
+    """DDPM's loss ``|| target - f_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, c) ||^2``.
 
-    Timesteps are uniform over the training schedule; ``hidden_states`` are the text encoder's
-    outputs ``c``, as Stable Diffusion conditions its UNet.
+    The target is ``eps`` or the velocity (``prediction_target``); timesteps are uniform over the
+    training schedule; ``hidden_states`` are the text encoder's outputs ``c``, as Stable Diffusion
+    conditions its UNet. ``unet`` is the UNet or any callable with its signature and output.
     """
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     timesteps = torch.randint(
         noise_schedule.config.num_train_timesteps, (len(latents),), generator=generator
     ).to(latents.device)
     prediction = unet(noise_schedule.add_noise(latents, noise, timesteps), timesteps, hidden_states).sample
-    return torch.nn.functional.mse_loss(prediction, noise)
+    return torch.nn.functional.mse_loss(
+        prediction, prediction_target(noise_schedule, latents, noise, timesteps)
+    )
 
 
 def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:
