@@ -3,13 +3,13 @@ from PIL import Image
 
 from autolora import generate, load_lora, load_pipeline
 from autolora.cli import main
-from autolora.cli.demo import CELL, METHODS, score
+from autolora.cli.demo import CELL, DEFAULT_LORA, METHODS, score
 from autolora.images import read_png_params
 from autolora.world.assets import lora_info
 from autolora.world.evaluators import prompted_digit
 
 
-def test_reduced_demo_shows_and_scores_the_api_images_of_both_methods(tmp_path, capsys):
+def test_reduced_demo_shows_and_scores_the_api_images_of_every_method(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--images", "2", "--steps", "2"]) == 0
     out = capsys.readouterr().out
     printed = {
@@ -18,9 +18,9 @@ def test_reduced_demo_shows_and_scores_the_api_images_of_both_methods(tmp_path, 
         if line.startswith(tuple(METHODS.values()))
     }
     # The same images through the Python API, with the world's own default CFG.
-    info = lora_info("neon")
+    info = lora_info(DEFAULT_LORA)
     pipe = load_pipeline("world")
-    load_lora(pipe, "world:neon")
+    load_lora(pipe, f"world:{DEFAULT_LORA}")
     images = {
         method: generate(
             pipe, info.prompt, method=method, num_inference_steps=2, num_images=2, progress=False
@@ -36,8 +36,8 @@ def test_reduced_demo_shows_and_scores_the_api_images_of_both_methods(tmp_path, 
             round(row.digit_score, 3),
         ]
     # The grid shows those images, one row per method; the two methods' images differ.
-    grid = tmp_path / "demo-neon.png"
-    assert read_png_params(grid)["lora"] == "world:neon"
+    grid = tmp_path / f"demo-{DEFAULT_LORA}.png"
+    assert read_png_params(grid)["lora"] == f"world:{DEFAULT_LORA}"
     with Image.open(grid) as opened:
         grid_pixels = np.asarray(opened.convert("RGB"))
     pad, label_w = 2, 8 + 6 * max(len(label) for label in METHODS.values())  # make_grid's layout
@@ -46,7 +46,8 @@ def test_reduced_demo_shows_and_scores_the_api_images_of_both_methods(tmp_path, 
             x, y = label_w + pad + j * (CELL + pad), 14 + pad + i * (CELL + pad)
             cell = image.resize((CELL, CELL), Image.Resampling.NEAREST).convert("RGB")
             np.testing.assert_array_equal(grid_pixels[y : y + CELL, x : x + CELL], np.asarray(cell))
-    assert not np.array_equal(np.asarray(images["lora"][0]), np.asarray(images["autolora"][0]))
+    rows = [np.asarray(images[method][0]) for method in METHODS]
+    assert all(not np.array_equal(a, b) for k, a in enumerate(rows) for b in rows[k + 1 :])
 
 
 def test_demo_refuses_a_single_image(tmp_path, capsys):

@@ -1,8 +1,8 @@
-"""``autolora demo``: LoRA+CFG against AutoLoRA on the miniature world, from the same noise.
+"""``autolora demo``: the base model, LoRA+CFG and AutoLoRA on the miniature world, from the same noise.
 
 Loads the shipped miniature pipeline and one of its few-shot style LoRAs, generates the same
-seeds with both methods, writes a labelled grid and prints diversity, style score and digit
-score per method (measured with the world's own evaluators).
+seeds and prompt with the base model (LoRA off), LoRA+CFG and AutoLoRA, writes a labelled grid and
+prints diversity, style score and digit score per method (measured with the world's own evaluators).
 """
 
 from __future__ import annotations
@@ -18,15 +18,17 @@ from autolora.errors import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
-DEFAULT_LORA = "neon"
-METHODS = {"lora": "LoRA+CFG", "autolora": "AutoLoRA"}
+DEFAULT_LORA = "shadow"
+METHODS = {"base": "Base+CFG", "lora": "LoRA+CFG", "autolora": "AutoLoRA"}
 #: Grid cells are upscaled from the world's 32x32 so the images can be seen.
 CELL = 96
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "demo", help="compare LoRA+CFG and AutoLoRA on the built-in miniature world", description=__doc__
+        "demo",
+        help="compare the base model, LoRA+CFG and AutoLoRA on the built-in miniature world",
+        description=__doc__,
     )
     parser.add_argument("--out", type=Path, default=Path("autolora-demo"), help="folder for the grid PNG")
     parser.add_argument("--lora", default=DEFAULT_LORA, help="world LoRA name (default: %(default)s)")
