@@ -163,3 +163,11 @@ def test_tune_runs_on_a_loaded_pipeline_and_stops_when_its_log_raises(tuned, tmp
     with pytest.raises(KeyboardInterrupt):
         tune(SPEC, tmp_path / "stopped", progress=False, log=stop, pipe=pipe)
     assert [t.state for t in _study(tmp_path / "stopped").trials] == [optuna.trial.TrialState.COMPLETE]
+
+
+def test_lora_cfg_is_always_searched_as_the_reference(tmp_path):
+    spec = dataclasses.replace(SPEC, methods=("autolora",), budget_images=8)
+    assert spec.methods == ("lora", "autolora")
+    tune(spec, tmp_path, progress=False, log=lambda line: None)
+    trials = _study(tmp_path).trials
+    assert trials[0].params["method"] == "lora" and len(trials) == 2

@@ -86,6 +86,9 @@ class TuneSpec:
             raise ConfigError(
                 f"unknown tune method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}"
             )
+        if "lora" not in self.methods:
+            # LoRA+CFG at the default scale is the first trial: the reference of the floor and the answer.
+            object.__setattr__(self, "methods", ("lora", *self.methods))
         if self.budget_images is None and self.budget_minutes is None:
             raise ConfigError("give a budget: --budget-images N and/or --budget-minutes M")
         if self.budget_images is not None and self.budget_images < self.images_per_trial:
