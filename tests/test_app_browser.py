@@ -23,6 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from autolora.cli.demo import DEFAULT_LORA
+from autolora.world.assets import lora_info
+
 CHROMIUM = os.environ.get("AUTOLORA_CHROMIUM", "/usr/bin/chromium")
 IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 # Headless, and nothing that reaches out to the network on its own.
@@ -165,7 +168,7 @@ def _metrics(page) -> list[list[str]]:
 
 def test_the_app_compares_three_columns_from_the_same_noise_in_chromium(page, tmp_path):
     # 1. Fill the prompt, move the gamma slider, keep the run small, generate.
-    page.locator("#prompt textarea").fill("a seven in neon style")
+    page.locator("#prompt textarea").fill(f"a seven in {lora_info(DEFAULT_LORA).trigger} style")
     page.locator("#gamma input[type=range]").fill("2")
     _set_number(page, "steps", "6")
     _set_number(page, "num-images", "2")
@@ -180,7 +183,8 @@ def test_the_app_compares_three_columns_from_the_same_noise_in_chromium(page, tm
     assert all(math.isfinite(float(cell)) for row in table for cell in row[-3:])
     command = page.locator("#command textarea").input_value()
     assert (
-        command.startswith("autolora generate --model world --lora world:neon:1") and "--gamma 2 " in command
+        command.startswith(f"autolora generate --model world --lora world:{DEFAULT_LORA}:1")
+        and "--gamma 2 " in command
     )
     _screenshot(page, tmp_path, "app.png")
 

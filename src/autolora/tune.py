@@ -539,7 +539,7 @@ def _front_markdown(table: pd.DataFrame, spec: TuneSpec, floor: float | None, be
         lines.append(
             f"| {row.trial} | {row.method} | {row.settings} | {_ci(row.diversity, row.diversity_low, row.diversity_high)}"
             f" | {_ci(row.adherence, row.adherence_low, row.adherence_high)} | {'yes' if row.feasible else 'no'}"
-            f" | {'yes' if row.on_front else ''} | {row.images} |"
+            f" | {'yes' if row.on_front else 'no'} | {row.images} |"
         )
     return "\n".join(lines) + "\n"
 

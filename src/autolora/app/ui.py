@@ -203,7 +203,7 @@ def _tune_outputs(result: Any) -> dict[str, Any]:
             "diversity": trials["diversity"].round(3),
             "adherence": trials["adherence"].round(3),
             "meets floor": trials["feasible"].map({True: "yes", False: "no"}),
-            "on front": trials["on_front"].map({True: "yes", False: ""}),
+            "on front": trials["on_front"].map({True: "yes", False: "no"}),
         }
     )
     labels = [
