@@ -62,7 +62,9 @@ class BranchSwitcher:
     """The LoRA layers of some modules, switchable between branches, restorable to the user's state."""
 
     def __init__(self, modules: Iterable[nn.Module]) -> None:
-        require_tested("peft", f"it switches LoRA branches through peft's private {', '.join(PRIVATE_ATTRIBUTES)}")
+        require_tested(
+            "peft", f"it switches LoRA branches through peft's private {', '.join(PRIVATE_ATTRIBUTES)}"
+        )
         self.layers = lora_layers(modules)
         missing = [name for name in PRIVATE_ATTRIBUTES if self.layers and name not in vars(self.layers[0])]
         if missing:
