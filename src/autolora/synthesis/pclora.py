@@ -76,10 +76,14 @@ class DiffusionLoss:
     pipe: Any
     latents: torch.Tensor
     hidden: torch.Tensor
+    #: The forward process of DDPM, whatever sampler the pipeline ships with.
+    schedule: Any
 
     @classmethod
     @torch.no_grad()
     def prepare(cls, pipe: Any, images: list, captions: list[str]) -> DiffusionLoss:
+        from diffusers import DDPMScheduler
+
         from autolora.world.training import encode_captions, images_to_tensor
 
         if len(images) != len(captions) or not images:
@@ -90,24 +94,20 @@ class DiffusionLoss:
         pixels = images_to_tensor([image.convert("RGB").resize((size, size)) for image in images])
         latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
         hidden = pipe.text_encoder(encode_captions(pipe.tokenizer, captions))[0]
-        return cls(pipe, latents, hidden)
+        return cls(pipe, latents, hidden, DDPMScheduler.from_config(pipe.scheduler.config))
 
     def __call__(
         self, parameters: dict[str, torch.Tensor], generator: torch.Generator, batch_size: int
     ) -> torch.Tensor:
         """Loss of the UNet with ``parameters`` substituted (``torch.func.functional_call``)."""
-        from diffusers import DDPMScheduler
-
         from autolora.world.training import denoising_loss
 
-        # The forward process of DDPM whatever sampler the pipeline ships with.
-        schedule = DDPMScheduler.from_config(self.pipe.scheduler.config)
         index = torch.randint(len(self.latents), (batch_size,), generator=generator)
 
         def unet(*inputs: torch.Tensor) -> Any:
             return torch.func.functional_call(self.pipe.unet, parameters, inputs)
 
-        return denoising_loss(unet, schedule, self.latents[index], self.hidden[index], generator)
+        return denoising_loss(unet, self.schedule, self.latents[index], self.hidden[index], generator)
 
 
 def fit_coefficients(
