@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = default_cfg_scale(pipe) if args.cfg is None else args.cfg
     scores = score(images_by_method, info.prompt, info.style, digit)
     grid = make_grid(rows, list(METHODS.values()), [f"seed {args.seed + i}" for i in range(args.images)])
-    params = {
+    grid_params = {
         "prompt": info.prompt,
         "model": "world",
         "grid": True,
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         "num_inference_steps": args.steps,
         "seed": args.seed,
     }
-    path = save_png(grid, Path(args.out) / f"demo-{args.lora}.png", params)
+    path = save_png(grid, Path(args.out) / f"demo-{args.lora}.png", grid_params)
     print(f'prompt: "{info.prompt}"  LoRA: world:{args.lora}  gamma: {args.gamma}  CFG: {cfg}')
     print(f"{'method':<10} {'diversity':>9} {'style':>7} {'digit':>7}")
     for method, row in scores.iterrows():
