@@ -6,8 +6,9 @@ Stages, each seeded, checkpointed under ``--work`` and skipped once recorded in 
    like SD's VAE).
 2. ``evaluators``: digit and style classifiers and the diversity feature extractor, on clean
    renders (they do not need the VAE, so the VAE's fidelity can be measured before the UNet).
-3. ``base``: text encoder and UNet together on the ``base`` style only, with 10% caption
-   dropout so classifier-free guidance works; the pipeline is saved with ``save_pretrained``.
+3. ``base``: the UNet (v-prediction, the text encoder frozen at its seeded initialisation) on the
+   ``base`` style only, with 10% caption dropout so classifier-free guidance works; the pipeline is
+   saved with ``save_pretrained``.
 4. ``loras``: one few-shot LoRA per unseen style and the character (see ``autolora.world.lora``).
 
 Training uses CUDA when present and the CPU otherwise; CPU and wall time of every stage go into
