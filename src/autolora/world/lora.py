@@ -2,8 +2,8 @@
 
 ``train_lora`` takes any diffusers pipeline folder, a handful of images and their captions, adds a
 peft ``LoraConfig`` to the UNet's attention projections and trains only those weights with the
-model's own denoising loss (epsilon or velocity, as its scheduler says). The result is saved with diffusers' own helpers, so
-``pipe.load_lora_weights(file)`` reads it back. ``read_image_folder`` accepts the two common
+model's own denoising loss (epsilon or velocity, as its scheduler says). The result is saved with
+diffusers' own helpers, so ``pipe.load_lora_weights(file)`` reads it back. ``read_image_folder`` accepts the two common
 dataset layouts: Hugging Face ``imagefolder`` (``metadata.jsonl`` with ``file_name`` and
 ``text``) and kohya (a ``.txt`` caption beside each image).
 """
