@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("world", help="train the miniature world or a LoRA", description=__doc__)
     actions = parser.add_subparsers(dest="world_action", required=True, metavar="ACTION")
     train = actions.add_parser("train", help="train stages of the miniature world")
-    train.add_argument("stage", choices=("all", "vae", "evaluators", "base", "loras"))
+    train.add_argument("stage", choices=("all", "vae", "evaluators", "style-encoder", "base", "loras"))
     train.add_argument(
         "--work", type=Path, default=Path("world-train"), help="checkpoints (default: %(default)s)"
     )

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from autolora.errors import ConfigError, InputFileError
+from autolora.sources import load_plugins
 
 
 class ConditionEncoder(Protocol):
@@ -81,7 +82,11 @@ def register_encoder(kind: str, factory: Callable[[str, str], ConditionEncoder])
 
 
 def load_encoder(spec: str) -> ConditionEncoder:
-    """The encoder a spec names; ``ConfigError`` lists the known kinds for an unknown one."""
+    """The encoder a spec names; ``ConfigError`` lists the known kinds for an unknown one.
+
+    Plugins (``autolora.sources``) are loaded first, since they register their own kinds (``world``).
+    """
+    load_plugins()
     kind, _, model = spec.partition(":")
     if kind not in _FACTORIES or not model:
         raise ConfigError(f"condition encoder {spec!r}: expected <{'|'.join(sorted(_FACTORIES))}>:<model>")

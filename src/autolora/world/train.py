@@ -6,10 +6,12 @@ Stages, each seeded, checkpointed under ``--work`` and skipped once recorded in 
    like SD's VAE).
 2. ``evaluators``: digit and style classifiers and the diversity feature extractor, on clean
    renders (they do not need the VAE, so the VAE's fidelity can be measured before the UNet).
-3. ``base``: the UNet (v-prediction, the text encoder frozen at its seeded initialisation) on the
+3. ``style-encoder``: the style encoder (``autolora.world.style_encoder``), contrastively on the base
+   style and random training styles, with its retrieval accuracy on held-out styles.
+4. ``base``: the UNet (v-prediction, the text encoder frozen at its seeded initialisation) on the
    ``base`` style only, with 10% caption dropout so classifier-free guidance works; the pipeline is
    saved with ``save_pretrained``.
-4. ``loras``: one few-shot LoRA per unseen style and the character (see ``autolora.world.lora``).
+5. ``loras``: one few-shot LoRA per unseen style and the character (see ``autolora.world.lora``).
 
 Training uses CUDA when present and the CPU otherwise; CPU and wall time of every stage go into
 ``manifest.json``.
@@ -55,7 +57,7 @@ from autolora.world.training import (
 logger = logging.getLogger("autolora.world.train")
 
 ASSETS = ASSETS_DIR
-STAGES = ("vae", "evaluators", "base", "loras")
+STAGES = ("vae", "evaluators", "style-encoder", "base", "loras")
 CAPTION_DROPOUT = 0.1
 
 
@@ -90,6 +92,16 @@ class Plan:
     held_out_renders: int = 150
     held_out_random_styles: int = 50
     held_out_renders_per_random_style: int = 10
+    #: The style encoder: random training styles in its pool (plus the base style) with their renders,
+    #: styles and distinct renders of each per step, its ConvNet width, and the held-out random styles
+    #: (seeds from 0) of its retrieval accuracy.
+    style_encoder_steps: int = 3000
+    style_encoder_styles: int = 3000
+    style_encoder_renders: int = 8
+    style_encoder_batch_styles: int = 48
+    style_encoder_batch_renders: int = 4
+    style_encoder_width: int = 32
+    style_retrieval_styles: int = 330
 
 
 #: A plan small enough for the test suite: every stage runs a few steps on a few renders.
@@ -113,6 +125,13 @@ TINY_PLAN = Plan(
     held_out_renders=2,
     held_out_random_styles=2,
     held_out_renders_per_random_style=2,
+    style_encoder_steps=2,
+    style_encoder_styles=3,
+    style_encoder_renders=2,
+    style_encoder_batch_styles=3,
+    style_encoder_batch_renders=2,
+    style_encoder_width=4,
+    style_retrieval_styles=3,
 )
 
 
@@ -272,6 +291,11 @@ def run(
             from autolora.world.lora import train_world_loras
 
             _record(out, plan, stage, seed, train_world_loras(out, plan.lora, plan.lora_images, seed))
+        elif stage == "style-encoder":
+            from autolora.world.style_encoder import train_style_encoder
+
+            result, retrieval = train_style_encoder(out, work, plan, seed)
+            _record(out, plan, stage, seed, result, retrieval=retrieval)
         else:
             from autolora.world.evaluators import train_evaluators
 
@@ -280,7 +304,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m autolora.world.train {all,vae,evaluators,base,loras}``."""
+    """Command line: ``python -m autolora.world.train {all,vae,evaluators,style-encoder,base,loras}``."""
     parser = argparse.ArgumentParser(
         prog="python -m autolora.world.train", description=__doc__.splitlines()[0]
     )
