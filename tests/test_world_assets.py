@@ -19,7 +19,7 @@ def test_shipped_assets_fit_the_size_budget():
 
 def test_manifest_records_cpu_time_of_every_stage():
     stages = json.loads((assets.ASSETS_DIR / "manifest.json").read_text())["stages"]
-    assert set(stages) == {"vae", "base", "loras", "evaluators"}
+    assert set(stages) == {"vae", "base", "loras", "evaluators", "style-encoder"}
     assert all(stage["cpu_seconds"] > 0 and stage["steps"] > 0 for stage in stages.values())
 
 
