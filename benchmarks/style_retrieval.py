@@ -11,7 +11,10 @@ the encoder trained only on ``base``) every style's gallery condition comes from
 digits and its queries from k = 1, 4, 8 renders of held-out digits; top-1 and top-5 accuracy with 95 %
 bootstrap intervals over styles (``autolora.stats``). Then the encoder's top-1 misses at k = 1: which
 styles it confuses, and how close their palettes are (RGB distance of ink, background and texture
-colours) next to the median distance from a style to its nearest other style.
+colours) next to the median distance from a style to its nearest other style. Last, what it cannot
+see: each held-out style gets a twin that differs in one attribute only (a small colour shift, slant,
+rotation, stroke weight, an effect switched, the stripes' angle), and the encoder retrieves among the
+styles and their twins (chance of telling a pair apart: 50 %).
 
     PYTHONPATH=src OMP_NUM_THREADS=1 nice python benchmarks/style_retrieval.py \
         --out benchmarks/results/style_retrieval_world.md
@@ -20,12 +23,14 @@ colours) next to the median distance from a style to its nearest other style.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import itertools
 import os
 import platform
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +40,13 @@ from PIL import Image
 from autolora.provenance import git_revision, package_versions
 from autolora.synthesis.conditions import ConditionEncoder, condition_of, load_encoder
 from autolora.world.evaluators import load_evaluators
-from autolora.world.style_encoder import RetrievalSets, retrieval_accuracy, retrieval_hits, retrieval_sets
-from autolora.world.styles import STYLES, get_style, random_style_names
+from autolora.world.style_encoder import (
+    RetrievalSets,
+    retrieval_accuracy,
+    retrieval_hits,
+    retrieval_sets,
+)
+from autolora.world.styles import STYLES, Style, get_style, random_style, random_style_names
 
 
 class ClassifierLogits:
@@ -98,9 +108,74 @@ def confusions(encoder: ConditionEncoder, sets: RetrievalSets) -> list[str]:
     return rows
 
 
+def _shifted(colour: tuple[float, float, float], by: float) -> tuple[float, float, float]:
+    # Away from the nearer bound, so that the shift is never clipped.
+    return tuple(round(v - by if v > 0.5 else v + by, 3) for v in colour)
+
+
+def _other_weight(style: Style) -> tuple[str, ...]:
+    return ("bold",) if "bold" not in style.weight else ("thin",)
+
+
+def _every(style: Style) -> bool:
+    return True
+
+
+#: One-attribute edits of a style, and which styles they apply to: a twin differs in that attribute alone.
+TWINS: dict[str, tuple[Callable[[Style], bool], Callable[[Style], Style]]] = {
+    "ink colour, 0.1 per channel": (_every, lambda s: dataclasses.replace(s, ink=(_shifted(s.ink[0], 0.1),))),
+    "ink colour, 0.25 per channel": (
+        _every,
+        lambda s: dataclasses.replace(s, ink=(_shifted(s.ink[0], 0.25),)),
+    ),
+    "background, 0.1 per channel": (
+        _every,
+        lambda s: dataclasses.replace(s, background=(_shifted(s.background[0], 0.1),)),
+    ),
+    "slant, +0.3": (_every, lambda s: dataclasses.replace(s, slant=(s.slant[0] + 0.3, s.slant[1] + 0.3))),
+    "rotation, +20 degrees": (
+        _every,
+        lambda s: dataclasses.replace(s, rotation=(s.rotation[0] + 20, s.rotation[1] + 20)),
+    ),
+    "stroke weight": (_every, lambda s: dataclasses.replace(s, weight=_other_weight(s))),
+    "outline on/off (styles without glow)": (
+        lambda s: not s.glow,
+        lambda s: dataclasses.replace(s, outline=not s.outline),
+    ),
+    "shadow on/off": (_every, lambda s: dataclasses.replace(s, shadow=not s.shadow)),
+    "glow on/off (styles without outline)": (
+        lambda s: not s.outline,
+        lambda s: dataclasses.replace(s, glow=not s.glow),
+    ),
+    "stripe angle, +45 degrees (striped styles)": (
+        lambda s: s.texture == "stripes",
+        lambda s: dataclasses.replace(s, stripe_angle=(s.stripe_angle[0] + 45, s.stripe_angle[1] + 45)),
+    ),
+}
+
+
+def twin_rows(encoders: Sequence[ConditionEncoder], count: int, queries: int, seed: int) -> list[str]:
+    """Top-1 retrieval among ``count`` held-out styles and their one-attribute twins, per attribute and encoder."""
+    columns = [f"{encoder.spec}, k = {k}" for encoder in encoders for k in (1, 8)]
+    rows = [f"| twins differ in | styles | {' | '.join(columns)} |", "|---|---|" + "---|" * len(columns)]
+    for attribute, (applies, edit) in TWINS.items():
+        candidates = (random_style(number) for number in range(10_000, 100_000))
+        originals = list(itertools.islice(filter(applies, candidates), count))
+        twins = [dataclasses.replace(edit(s), name=f"{s.name}-twin") for s in originals]
+        sets = retrieval_sets([*originals, *twins], (1, 8), queries, seed)
+        reports = [retrieval_accuracy(encoder, sets, tops=(1,)) for encoder in encoders]
+        cells = [cell(report[f"k{k}"]["top1"]) for report in reports for k in (1, 8)]
+        rows.append(f"| {attribute} | {2 * len(originals)} | {' | '.join(cells)} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--random-styles", type=int, default=330, help="held-out random styles random-0 ..")
+    parser.add_argument("--large", type=int, default=3000, help="a larger gallery of held-out random styles")
+    parser.add_argument(
+        "--twins", type=int, default=40, help="held-out styles with a one-attribute twin each"
+    )
     parser.add_argument("--queries", type=int, default=2, help="query sets per style and k")
     parser.add_argument("--seed", type=int, default=1, help="render seed (the stage's own report used 0)")
     parser.add_argument("--out", type=Path, help="write the report here too")
@@ -110,6 +185,7 @@ def main() -> None:
     groups = {
         f"{args.random_styles} held-out random styles": random_style_names(range(args.random_styles)),
         "9 named styles (8 unseen by the encoder)": list(STYLES),
+        f"{args.large} held-out random styles, 1 query set": random_style_names(range(args.large)),
     }
     lines = [
         "# Style retrieval on held-out styles of the miniature world",
@@ -118,13 +194,14 @@ def main() -> None:
         f"{os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}",
         f"- command: `{shlex.join(['python', *sys.argv])}`; revision {git_revision()}",
         f"- versions: {package_versions()}",
-        f"- gallery: 8 renders of training digits per style; queries: {args.queries} sets of k renders of "
-        "held-out digits per style and k; mean [95 % bootstrap interval over styles]",
+        f"- gallery: 8 renders of training digits per style; queries: {args.queries} sets (the largest group:"
+        " 1) of k renders of held-out digits per style and k; mean [95 % bootstrap interval over styles]",
         "",
     ]
     sets = {}
     for group, names in groups.items():
-        sets[group] = retrieval_sets(names, (1, 4, 8), args.queries, args.seed)
+        queries = 1 if group.endswith("1 query set") else args.queries
+        sets[group] = retrieval_sets(names, (1, 4, 8), queries, args.seed)
         lines += [f"## {group}", "", "| encoder | k | top-1 | top-5 |", "|---|---|---|---|"]
         for encoder in encoders:
             report = retrieval_accuracy(encoder, sets[group])
@@ -132,8 +209,11 @@ def main() -> None:
                 row = report[f"k{k}"]
                 lines.append(f"| {encoder.spec} | {k} | {cell(row['top1'])} | {cell(row['top5'])} |")
         lines.append("")
-    lines += ["## What the style encoder confuses (random styles, k = 1, top-1 misses)", ""]
-    lines += confusions(encoders[0], next(iter(sets.values())))
+    large = list(sets)[-1]
+    lines += [f"## What the style encoder confuses ({large}, k = 1, top-1 misses)", ""]
+    lines += confusions(encoders[0], sets[large])
+    lines += ["", "## What it cannot see: styles and their one-attribute twins (seeds 10,000 ..)", ""]
+    lines += twin_rows(encoders, args.twins, args.queries, args.seed)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

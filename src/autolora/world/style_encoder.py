@@ -30,7 +30,7 @@ from autolora.stats import mean_ci95
 from autolora.synthesis.conditions import ConditionEncoder, condition_of
 from autolora.training import Schedule, StageResult, run_stage
 from autolora.world.evaluators import EVALUATORS_DIR, ConvNet, WorldEvaluators
-from autolora.world.styles import RANDOM_TRAINING_SEEDS, STYLES, random_style_names, sample_style
+from autolora.world.styles import RANDOM_TRAINING_SEEDS, STYLES, Style, random_style_names, sample_style
 from autolora.world.training import training_device, write_json
 
 if TYPE_CHECKING:
@@ -205,7 +205,9 @@ class RetrievalSets:
     queries: dict[int, list[list[list[Image.Image]]]]
 
 
-def retrieval_sets(styles: Sequence[str], ks: Sequence[int], queries: int, seed: int) -> RetrievalSets:
+def retrieval_sets(
+    styles: Sequence[str | Style], ks: Sequence[int], queries: int, seed: int
+) -> RetrievalSets:
     """Renders for ``style_retrieval``: a gallery of ``GALLERY_RENDERS`` renders of training digits per
     style, and per ``k`` ``queries`` sets of ``k`` renders of held-out digits (other digits, other jitter)."""
     gallery = [
@@ -221,7 +223,7 @@ def retrieval_sets(styles: Sequence[str], ks: Sequence[int], queries: int, seed:
                 for i, name in enumerate(styles)
             ]
         )
-    return RetrievalSets(list(styles), gallery, sets)
+    return RetrievalSets([s if isinstance(s, str) else s.name for s in styles], gallery, sets)
 
 
 def retrieval_accuracy(encoder: ConditionEncoder, sets: RetrievalSets, tops: Sequence[int] = (1, 5)) -> dict:
@@ -251,7 +253,7 @@ def retrieval_accuracy(encoder: ConditionEncoder, sets: RetrievalSets, tops: Seq
 
 def style_retrieval(
     encoder: ConditionEncoder,
-    styles: Sequence[str],
+    styles: Sequence[str | Style],
     *,
     ks: Sequence[int] = RETRIEVAL_KS,
     queries: int = 2,
