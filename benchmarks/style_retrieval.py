@@ -98,7 +98,9 @@ def confusions(encoder: ConditionEncoder, sets: RetrievalSets) -> list[str]:
     for query_sets in sets.queries[1]:
         queries = torch.stack([condition_of(encoder, images) for images in query_sets])
         hits = retrieval_hits(gallery, queries, truth, 1)
-        retrieved = (torch.nn.functional.normalize(queries, dim=-1) @ gallery.T).argmax(1)
+        # The most similar other style: a miss may be a tie with the true one.
+        similarity = torch.nn.functional.normalize(queries, dim=-1) @ gallery.T
+        retrieved = similarity.masked_fill(torch.eye(len(truth), dtype=torch.bool), -torch.inf).argmax(1)
         for i in (hits < 1).nonzero().flatten().tolist():
             j = int(retrieved[i])
             rows.append(
@@ -171,6 +173,9 @@ def twin_rows(encoders: Sequence[ConditionEncoder], count: int, queries: int, se
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--encoder", default="world:style", help="the style encoder: world:style or world:<folder>"
+    )
     parser.add_argument("--random-styles", type=int, default=330, help="held-out random styles random-0 ..")
     parser.add_argument("--large", type=int, default=3000, help="a larger gallery of held-out random styles")
     parser.add_argument(
@@ -181,7 +186,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the report here too")
     args = parser.parse_args()
 
-    encoders: list[ConditionEncoder] = [load_encoder("world:style"), ClassifierLogits(), DiversityFeatures()]
+    encoders: list[ConditionEncoder] = [load_encoder(args.encoder), ClassifierLogits(), DiversityFeatures()]
     groups = {
         f"{args.random_styles} held-out random styles": random_style_names(range(args.random_styles)),
         "9 named styles (8 unseen by the encoder)": list(STYLES),
