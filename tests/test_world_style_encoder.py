@@ -27,7 +27,13 @@ from autolora.world.style_encoder import (
     supervised_contrastive_loss,
     training_styles,
 )
-from autolora.world.styles import RANDOM_TRAINING_SEEDS, random_style_names, sample_style
+from autolora.world.styles import (
+    RANDOM_TRAINING_SEEDS,
+    STYLES,
+    random_style,
+    random_style_names,
+    sample_style,
+)
 
 SHIPPED_FLOOR = 0.8
 SRC = Path(__file__).parents[1] / "src"
@@ -98,13 +104,26 @@ def test_retrieval_accuracy_is_one_for_a_perfect_encoder_and_chance_for_a_consta
     assert chance["k1"]["top1"] == [0.125, 0.125, 0.125] and chance["k4"]["top5"] == [0.625, 0.625, 0.625]
 
 
-def test_training_styles_are_the_base_style_and_random_training_seeds_only():
-    names = training_styles(train.Plan())
-    assert names[0] == "base" and len(names) == train.Plan().style_encoder_styles + 1
-    seeds = [int(name.removeprefix("random-")) for name in names[1:]]
-    assert all(seed in RANDOM_TRAINING_SEEDS for seed in seeds)
-    held_out = random_style_names(range(train.Plan().style_retrieval_styles))
-    assert not set(held_out) & set(names)
+def test_training_styles_are_the_base_style_random_training_styles_and_their_palette_twins():
+    plan = train.Plan(style_encoder_styles=5)
+    styles = training_styles(plan)
+    assert styles[0] == STYLES["base"] and len(styles) == 1 + 2 * 5
+    originals, twins = styles[1:6], styles[6:]
+    assert [s.name for s in originals] == random_style_names(RANDOM_TRAINING_SEEDS[:5])
+    for original, twin, seed in zip(originals, twins, RANDOM_TRAINING_SEEDS[5:10], strict=True):
+        # A twin keeps its style's colours and takes everything else from the partner's seed.
+        partner = random_style(seed)
+        assert twin.name == f"{original.name}-twin"
+        assert (twin.ink, twin.background) == (original.ink, original.background)
+        assert (twin.texture, twin.slant, twin.rotation, twin.weight) == (
+            partner.texture,
+            partner.slant,
+            partner.rotation,
+            partner.weight,
+        )
+        assert (twin.outline, twin.shadow, twin.glow) == (partner.outline, partner.shadow, partner.glow)
+    # The held-out styles are neither trained on nor partners of a twin.
+    assert min(RANDOM_TRAINING_SEEDS) > train.Plan().style_retrieval_styles
 
 
 def test_stage_writes_weights_config_and_manifest_entry(trained):

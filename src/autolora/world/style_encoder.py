@@ -13,6 +13,7 @@ It is the condition encoder ``world:style`` (``autolora.synthesis.conditions.loa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,14 @@ from autolora.stats import mean_ci95
 from autolora.synthesis.conditions import ConditionEncoder, condition_of
 from autolora.training import Schedule, StageResult, run_stage
 from autolora.world.evaluators import EVALUATORS_DIR, ConvNet, WorldEvaluators
-from autolora.world.styles import RANDOM_TRAINING_SEEDS, STYLES, Style, random_style_names, sample_style
+from autolora.world.styles import (
+    RANDOM_TRAINING_SEEDS,
+    STYLES,
+    Style,
+    random_style,
+    random_style_names,
+    sample_style,
+)
 from autolora.world.training import training_device, write_json
 
 if TYPE_CHECKING:
@@ -101,12 +109,34 @@ def encoder_from_spec(spec: str, model: str) -> StyleEncoder:
 # --- Training ---------------------------------------------------------------------------------------
 
 
-def training_styles(plan: Plan) -> list[str]:
-    """The styles the encoder trains on: the base style and the first random training styles."""
-    return [*TRAINING_NAMED_STYLES, *random_style_names(RANDOM_TRAINING_SEEDS[: plan.style_encoder_styles])]
+def palette_twin(style: Style, other: Style) -> Style:
+    """``other``'s texture, effects, geometry and stroke weights in ``style``'s colours: a hard negative
+    for ``style`` that only what is not colour tells apart."""
+    texture_colour = (style.texture_colour or other.texture_colour) if other.texture != "solid" else ()
+    return dataclasses.replace(
+        other,
+        name=f"{style.name}-twin",
+        ink=style.ink,
+        background=style.background,
+        texture_colour=texture_colour,
+    )
 
 
-def render_pool(styles: Sequence[str], renders: int, seed: int) -> torch.Tensor:
+def training_styles(plan: Plan) -> list[Style]:
+    """The styles the encoder trains on: the base style, the first ``n = plan.style_encoder_styles``
+    random training styles, then a palette twin of each, whose other attributes come from the next
+    ``n`` training seeds.
+
+    Random styles differ mostly in colour, so without twins colour alone would tell every pair apart.
+    """
+    n = plan.style_encoder_styles
+    originals = [random_style(seed) for seed in RANDOM_TRAINING_SEEDS[:n]]
+    partners = [random_style(seed) for seed in RANDOM_TRAINING_SEEDS[n : 2 * n]]
+    twins = [palette_twin(style, other) for style, other in zip(originals, partners, strict=True)]
+    return [*(STYLES[name] for name in TRAINING_NAMED_STYLES), *originals, *twins]
+
+
+def render_pool(styles: Sequence[str | Style], renders: int, seed: int) -> torch.Tensor:
     """``(styles, renders, 3, 32, 32)`` uint8 renders of training digits, each style its own seed.
 
     Rendering costs milliseconds an image, so the pool is drawn once and a step only indexes it.
@@ -122,19 +152,23 @@ def render_pool(styles: Sequence[str], renders: int, seed: int) -> torch.Tensor:
 def train_style_encoder(out: Path, work: Path, plan: Plan, seed: int) -> tuple[StageResult, dict]:
     """Stage: the style encoder, contrastively on a pool of training renders; writes it to ``out/evaluators``.
 
-    Each step draws ``plan.style_encoder_batch_styles`` styles and ``plan.style_encoder_batch_renders``
-    distinct renders of each. Returns the stage result and the retrieval accuracy on held-out styles.
+    Each step draws ``plan.style_encoder_batch_styles / 2`` random styles with their palette twins, and
+    the base style, with ``plan.style_encoder_batch_renders`` distinct renders of each. Returns the stage
+    result and the retrieval accuracy on held-out styles.
     """
     device = training_device()
     pool = render_pool(training_styles(plan), plan.style_encoder_renders, seed + 3000).to(device)
-    styles, renders = pool.shape[:2]
-    per_batch = min(plan.style_encoder_batch_styles, styles)
+    renders = pool.shape[1]
+    named, pairs = len(TRAINING_NAMED_STYLES), plan.style_encoder_styles
+    per_batch = max(1, min(plan.style_encoder_batch_styles // 2, pairs))
     torch.manual_seed(seed)
     network = ConvNet(EMBEDDING_DIM, plan.style_encoder_width, "average").to(device)
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
-        chosen = torch.randperm(styles, generator=generator)[:per_batch]
-        which = torch.rand(per_batch, renders, generator=generator).argsort(1)[
+        # Twins in one batch are each other's hardest negatives; the named styles join every batch.
+        originals = named + torch.randperm(pairs, generator=generator)[:per_batch]
+        chosen = torch.cat([torch.arange(named), originals, originals + pairs])
+        which = torch.rand(len(chosen), renders, generator=generator).argsort(1)[
             :, : plan.style_encoder_batch_renders
         ]
         batch = pool[chosen[:, None].to(device), which.to(device)].flatten(0, 1).float() / 127.5 - 1.0
@@ -168,6 +202,10 @@ def train_style_encoder(out: Path, work: Path, plan: Plan, seed: int) -> tuple[S
             "random_seeds": [
                 RANDOM_TRAINING_SEEDS.start,
                 RANDOM_TRAINING_SEEDS.start + plan.style_encoder_styles,
+            ],
+            "palette_twin_partner_seeds": [
+                RANDOM_TRAINING_SEEDS.start + plan.style_encoder_styles,
+                RANDOM_TRAINING_SEEDS.start + 2 * plan.style_encoder_styles,
             ],
         },
         "retrieval": retrieval,

@@ -92,10 +92,10 @@ class Plan:
     held_out_renders: int = 150
     held_out_random_styles: int = 50
     held_out_renders_per_random_style: int = 10
-    #: The style encoder: random training styles in its pool (plus the base style) with their renders,
-    #: styles and distinct renders of each per step, its ConvNet width, and the held-out random styles
-    #: (seeds from 0) of its retrieval accuracy.
-    style_encoder_steps: int = 3000
+    #: The style encoder: random training styles in its pool (plus the base style and a palette twin of
+    #: each) with their renders, styles (half of them twins) and distinct renders of each per step, its
+    #: ConvNet width, and the held-out random styles (seeds from 0) of its retrieval accuracy.
+    style_encoder_steps: int = 4000
     style_encoder_styles: int = 3000
     style_encoder_renders: int = 8
     style_encoder_batch_styles: int = 48
