@@ -2,9 +2,9 @@
 
 The analogue of ArcFace for the world's continuous style space (``random_style(seed)``): a small CNN
 maps a 32x32 render to a unit vector, trained with a supervised contrastive loss whose positives are
-other renders (other digits, other jitter) of the same style. It trains on the base style and the
-random styles of ``RANDOM_TRAINING_SEEDS`` only, so the styles of the LoRA bank (seeds ``0 ..``) and
-the named LoRA styles are unseen, and its retrieval accuracy on them (``style_retrieval``) says how
+other renders (other digits, other jitter) of the same style. It trains on the base style, random
+styles of ``RANDOM_TRAINING_SEEDS`` and palette twins made from them only, so the styles of the LoRA
+bank (seeds ``0 ..``) and the named LoRA styles are unseen, and its retrieval accuracy on them (``style_retrieval``) says how
 well a condition from a few images names a new style.
 
 It is the condition encoder ``world:style`` (``autolora.synthesis.conditions.load_encoder``), or
@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +51,7 @@ TRAINING_NAMED_STYLES = ("base",)
 GALLERY_RENDERS = 8
 RETRIEVAL_KS = (1, 4, 8)
 TEMPERATURE = 0.1
+#: Render seeds of each query set start this far apart, so no two sets (and no gallery) share a seed.
 QUERY_SEED_STRIDE = 100_000
 
 
@@ -234,7 +234,7 @@ def retrieval_hits(
     return ((top - above) / tied).clamp(0.0, 1.0)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class RetrievalSets:
     """Image sets of ``styles``: one gallery set each, and ``queries[k][q][i]`` the ``q``-th query set of style ``i``."""
 
