@@ -78,6 +78,8 @@ class Plan:
     base_renders_per_digit: int = 4
     lora_images: int = 24
     lora: LoRATrainingConfig = field(default_factory=LoRATrainingConfig)
+    #: A style whose LoRA is also shipped at these step counts (under- to over-fit checkpoints of one run).
+    lora_checkpoints: tuple[str, tuple[int, ...]] = ("shadow", (125, 1500, 4000))
     evaluator_steps: int = 6000
     evaluator_batch: int = 64
     evaluator_width: int = 32
@@ -105,6 +107,7 @@ TINY_PLAN = Plan(
     base_renders_per_digit=1,
     lora_images=2,
     lora=LoRATrainingConfig(steps=2, batch_size=2),
+    lora_checkpoints=("shadow", (1, 2, 3)),
     evaluator_steps=2,
     evaluator_batch=4,
     evaluator_width=4,
@@ -271,7 +274,8 @@ def run(
         elif stage == "loras":
             from autolora.world.lora import train_world_loras
 
-            _record(out, plan, stage, seed, train_world_loras(out, plan.lora, plan.lora_images, seed))
+            result = train_world_loras(out, plan.lora, plan.lora_images, seed, plan.lora_checkpoints)
+            _record(out, plan, stage, seed, result)
         else:
             from autolora.world.evaluators import train_evaluators
 
