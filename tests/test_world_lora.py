@@ -35,9 +35,9 @@ def random_world(tmp_path_factory):
     return folder
 
 
-def _train(folder, out, seed, **extra):
+def _train(folder, out, seed, steps=2, **extra):
     samples = sample_style("neon", 4, seed=0)
-    config = LoRATrainingConfig(steps=2, batch_size=2, seed=seed)
+    config = LoRATrainingConfig(steps=steps, batch_size=2, seed=seed)
     train_lora(folder, [s.image for s in samples], [s.caption for s in samples], out, config, **extra)
     return load_file(out)
 
@@ -48,6 +48,42 @@ def test_same_seed_reproduces_lora_weights_and_another_seed_does_not(random_worl
     other = _train(random_world, tmp_path / "c.safetensors", seed=1)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_checkpoints_of_one_run_are_the_loras_of_shorter_runs(random_world, tmp_path):
+    checkpoints = {1: tmp_path / "at1.safetensors", 2: tmp_path / "at2.safetensors"}
+    samples = sample_style("neon", 4, seed=0)
+    config = LoRATrainingConfig(steps=3, batch_size=2, seed=0)
+    images, captions = [s.image for s in samples], [s.caption for s in samples]
+    train_lora(random_world, images, captions, tmp_path / "at3.safetensors", config, checkpoints=checkpoints)
+    assert not (tmp_path / "at3.safetensors.ckpt").exists()
+    for steps in (1, 2):
+        short = _train(random_world, tmp_path / f"short{steps}.safetensors", seed=0, steps=steps)
+        checkpoint = load_file(checkpoints[steps])
+        assert short.keys() == checkpoint.keys() and all(torch.equal(short[k], checkpoint[k]) for k in short)
+    with pytest.raises(ConfigError, match="checkpoint step counts"):
+        train_lora(random_world, images, captions, tmp_path / "x.safetensors", config, checkpoints={3: "y"})
+
+
+def test_interrupted_run_with_checkpoints_resumes_to_the_same_lora(random_world, tmp_path, monkeypatch):
+    from autolora.world import lora
+
+    whole = _train(random_world, tmp_path / "whole.safetensors", seed=0, steps=3)
+    save = lora.save_lora
+
+    def save_then_stop(unet, out_file, *args):
+        save(unet, out_file, *args)
+        raise KeyboardInterrupt  # the process dies right after the first checkpoint is written
+
+    monkeypatch.setattr(lora, "save_lora", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _train(random_world, tmp_path / "cut.safetensors", seed=0, steps=3, checkpoints={1: tmp_path / "c1"})
+    assert (tmp_path / "cut.safetensors.ckpt").exists() and not (tmp_path / "cut.safetensors").exists()
+    monkeypatch.setattr(lora, "save_lora", save)
+    resumed = _train(
+        random_world, tmp_path / "cut.safetensors", seed=0, steps=3, checkpoints={1: tmp_path / "c1"}
+    )
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
 def test_lora_and_its_kohya_twin_load_with_diffusers_and_agree(random_world, tmp_path):
@@ -140,3 +176,19 @@ def test_train_bank_cli_trains_the_named_styles_and_checks_names_first(random_wo
     assert "unknown style 'sepia'" in capsys.readouterr().err and not list(tmp_path.iterdir())
     assert main(["world", "train-bank", str(tmp_path), "--styles", "random-3", *options]) == 0
     assert (tmp_path / "random-3.safetensors").exists() and "1 of 1 LoRAs trained" in capsys.readouterr().out
+
+
+def test_train_lora_cli_writes_a_checkpoint_every_n_steps(random_world, tmp_path, capsys):
+    from autolora.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    sample_style("outline", 1, seed=0)[0].image.save(images / "0.png")
+    (images / "0.txt").write_text("a seven in outlined style")
+    out = tmp_path / "lora.safetensors"
+    options = ["--base", str(random_world), "--steps", "5", "--batch-size", "1"]
+    assert main(["world", "train-lora", str(images), str(out), *options, "--save-every", "0"]) == 2
+    assert "--save-every must be at least 1" in capsys.readouterr().err
+    assert main(["world", "train-lora", str(images), str(out), *options, "--save-every", "2"]) == 0
+    written = sorted(path.name for path in tmp_path.glob("*.safetensors"))
+    assert written == ["lora-2steps.safetensors", "lora-4steps.safetensors", "lora.safetensors"]

@@ -50,11 +50,20 @@ def test_tiny_world_is_a_diffusers_pipeline_with_the_planned_latent(tiny_world):
 
 def test_tiny_world_has_a_lora_per_style_and_evaluators_the_metrics_can_load(tiny_world):
     index = json.loads((tiny_world / "loras" / "index.json").read_text())
-    assert set(index) == {name for name, style in STYLES.items() if style.kind != "base"} | {"outline-kohya"}
+    checkpoints = {f"shadow-{n}steps" for n in (1, 2, 3)}
+    named = {name for name, style in STYLES.items() if style.kind != "base"}
+    assert set(index) == named | {"outline-kohya"} | checkpoints
+    assert {index[name]["training"]["steps"] for name in checkpoints} == {1, 2, 3}
+    assert all(index[name]["checkpoint_of"] == "shadow" for name in checkpoints)
     assert all(
         (tiny_world / "loras" / entry.get("file", f"{name}.safetensors")).exists()
         for name, entry in index.items()
     )
+    # The bank's 2-step shadow LoRA is the 2-step checkpoint of the longer run, bit for bit.
+    bank, checkpoint = (
+        load_file(tiny_world / "loras" / f) for f in ("shadow.safetensors", "shadow-2steps.safetensors")
+    )
+    assert bank.keys() == checkpoint.keys() and all(torch.equal(bank[k], checkpoint[k]) for k in bank)
     folder = tiny_world / "evaluators"
     assert load_evaluators(folder).styles == list(STYLES)
     images = [s.image for s in sample_style("neon", 3, seed=0)]

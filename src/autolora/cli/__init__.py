@@ -27,6 +27,7 @@ COMMANDS = (
     "prior",
     "synth",
     "tune",
+    "tradeoffs",
     "distill",
     "doctor",
 )

@@ -1,7 +1,7 @@
 """``autolora world``: train the miniature world, a LoRA on any image folder, or a bank of style LoRAs.
 
 ``autolora world train all`` retrains every stage of the world (seeded, resumable);
-``autolora world train-lora IMAGES OUT`` trains one LoRA on a folder of captioned images
+``autolora world train-lora IMAGES OUT [--save-every N]`` trains one LoRA on a folder of captioned images
 (``metadata.jsonl`` or kohya ``.txt`` sidecars) against any SD pipeline folder or ``world``;
 ``autolora world train-bank OUT --random 330`` trains one LoRA per world style (resumable; start
 it in several processes to train in parallel).
@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     lora = actions.add_parser("train-lora", help="train a LoRA on a folder of captioned images")
     lora.add_argument("images", type=Path, help="folder with metadata.jsonl or a .txt caption per image")
     lora.add_argument("out", type=Path, help="LoRA .safetensors file to write")
+    lora.add_argument(
+        "--save-every",
+        type=int,
+        metavar="N",
+        help="also write the LoRA every N steps, as <out>-<steps>steps.safetensors",
+    )
     _add_lora_options(lora)
     bank = actions.add_parser("train-bank", help="train one LoRA per world style into a folder")
     bank.add_argument("out", type=Path, help="folder for the LoRAs and their index.json")
@@ -79,10 +85,18 @@ def run(args: argparse.Namespace) -> int:
     if args.world_action == "train-lora":
         from autolora.world.lora import read_image_folder, train_lora
 
+        if args.save_every is not None and args.save_every < 1:
+            raise ConfigError(f"--save-every must be at least 1, got {args.save_every}")
         images, captions = read_image_folder(args.images)
-        result = train_lora(base, images, captions, args.out, config)
+        every = range(args.save_every, config.steps, args.save_every) if args.save_every else ()
+        checkpoints = {
+            steps: args.out.with_name(f"{args.out.stem}-{steps}steps.safetensors") for steps in every
+        }
+        result = train_lora(base, images, captions, args.out, config, checkpoints=checkpoints)
+        written = "".join(f", {file}" for file in checkpoints.values())
         print(
-            f"wrote {args.out} ({len(images)} images, {result.steps} steps, final loss {result.final_loss:.4f})"
+            f"wrote {args.out}{written} ({len(images)} images, {result.steps} steps,"
+            f" final loss {result.final_loss:.4f})"
         )
         return 0
     from diffusers import StableDiffusionPipeline

@@ -339,7 +339,7 @@ def pareto_plots(
         fig.tight_layout()
         # Labels come after the layout, which would otherwise shrink the axes to fit the longest one.
         for cell, row in points.iterrows():
-            text = label(cell) if label is not None else _setting_label(axes, cell)
+            text = label(cell) if label is not None else setting_label(axes, cell)
             ax.annotate(text, (row[other], row[diversity]), fontsize=6, alpha=0.8, annotation_clip=False)
         path = out / f"pareto-{_file_part(diversity)}-vs-{_file_part(other)}.png"
         fig.savefig(path, dpi=120)
@@ -348,7 +348,7 @@ def pareto_plots(
     return figures
 
 
-def _setting_label(axes: Sequence[str], cell: object) -> str:
+def setting_label(axes: Sequence[str], cell: object) -> str:
     """``variant a=1 b=2`` for a summary cell, leaving out axes the variant's method ignores."""
     parts = cell if isinstance(cell, tuple) else (cell,)
     settings = [f"{a}={v}" for a, v in zip(axes, parts[1:], strict=True) if _none_if_nan(v) is not None]
@@ -369,7 +369,7 @@ def _grids(run: RunData, run_dir: Path, out: Path) -> list[tuple[str, Path]]:
                 continue  # a row with holes would misalign the shared-noise columns
             rows.append([_thumbnail(run_dir / by_seed[seed]) for seed in seeds])
             # An axis the variant's method ignores (gamma for plain LoRA) is left out of its label.
-            labels.append(_setting_label(run.axes, label))
+            labels.append(setting_label(run.axes, label))
             if len(rows) == _GRID_MAX_ROWS:
                 break
         if rows:
@@ -402,23 +402,23 @@ def _markdown(
     run: RunData, table: pd.DataFrame, figures: list[tuple[str, Path]], summary: pd.DataFrame
 ) -> str:
     lines = [f"# {run.name}", "", _caption(run), ""]
-    lines += [_markdown_table(table), ""] if not table.empty else ["No metrics computed.", ""]
+    lines += [markdown_table(table), ""] if not table.empty else ["No metrics computed.", ""]
     for (diversity, other), points in pareto_fronts(summary, run.axes).items():
         front = points[points["on_front"]].sort_values(other, ascending=False)
         rows = pd.DataFrame(
             {
-                "setting": [_setting_label(run.axes, cell) for cell in front.index],
+                "setting": [setting_label(run.axes, cell) for cell in front.index],
                 other: front[other].round(3),
                 diversity: front[diversity].round(3),
             }
         )
-        lines += [f"## Pareto front: {diversity} vs {other} (means)", "", _markdown_table(rows), ""]
+        lines += [f"## Pareto front: {diversity} vs {other} (means)", "", markdown_table(rows), ""]
     for title, path in figures:
         lines += [f"## {title}", "", f"![{title}]({path.name})", ""]
     return "\n".join(lines)
 
 
-def _markdown_table(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame) -> str:
     header = "| " + " | ".join(str(c) for c in table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(_display(v) for v in row) + " |" for row in table.itertuples(index=False)]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -151,17 +152,26 @@ def train_lora(
     out_file: str | Path,
     config: LoRATrainingConfig | None = None,
     kohya_file: str | Path | None = None,
+    checkpoints: Mapping[int, str | Path] | None = None,
 ) -> StageResult:
     """Train a UNet LoRA on ``images``/``captions`` and save it to ``out_file`` (diffusers format).
 
     The loss is the base model's (``autolora.world.training.denoising_loss``), on the forward process
     of DDPM whatever sampler the pipeline ships with. With ``kohya_file`` the same weights are also
-    written with kohya keys (A1111, ComfyUI, civitai).
+    written with kohya keys (A1111, ComfyUI, civitai). ``checkpoints`` maps step counts below
+    ``config.steps`` to files where the LoRA is also written after that many steps; the learning rate
+    is constant, so the checkpoint at ``N`` steps is the LoRA that a run of ``N`` steps gives. The run's
+    state is kept in ``<out_file>.ckpt`` until it ends, so an interrupted run resumes.
     """
     config = config or LoRATrainingConfig()
+    checkpoints = {steps: Path(file) for steps, file in (checkpoints or {}).items()}
     if len(images) != len(captions) or not images:
         raise ConfigError(
             f"LoRA training needs one caption per image, got {len(images)} images, {len(captions)}"
+        )
+    if not all(0 < steps < config.steps for steps in checkpoints):
+        raise ConfigError(
+            f"checkpoint step counts must lie in 1 .. {config.steps - 1}, got {sorted(checkpoints)}"
         )
     if not isinstance(pipeline, StableDiffusionPipeline):
         pipeline = StableDiffusionPipeline.from_pretrained(
@@ -181,9 +191,21 @@ def train_lora(
         )
         return training.denoising_loss(unet, noise_schedule, latents, encoded.hidden_states[index], generator)
 
-    schedule = Schedule(config.steps, config.learning_rate, checkpoint_every=config.steps, weight_decay=0.0)
-    result = run_stage("lora", {}, trainable, loss_fn, schedule, seed=config.seed)
-    save_lora(unet, Path(out_file), config, Path(kohya_file) if kohya_file is not None else None)
+    out_file, kohya_file = Path(out_file), Path(kohya_file) if kohya_file is not None else None
+    state_file = out_file.with_name(out_file.name + ".ckpt")
+    done = torch.load(state_file, weights_only=False)["step"] if state_file.exists() else 0
+    # The run is cut at every checkpoint: each piece resumes the previous one's state (weights,
+    # optimiser, generator), so together they are one run. Pieces a resumed run has passed were written.
+    for steps in sorted(steps for steps in {*checkpoints, config.steps} if steps >= done):
+        schedule = Schedule(steps, config.learning_rate, checkpoint_every=steps, weight_decay=0.0)
+        modules = {"lora": torch.nn.ParameterList(trainable)}
+        result = run_stage(
+            "lora", modules, trainable, loss_fn, schedule, seed=config.seed, checkpoint=state_file
+        )
+        save_lora(
+            unet, checkpoints.get(steps, out_file), config, None if steps in checkpoints else kohya_file
+        )
+    state_file.unlink()
     unet.delete_adapters("default")
     return result
 
@@ -294,15 +316,73 @@ def train_lora_bank(
     return index
 
 
-def train_world_loras(out: Path, config: LoRATrainingConfig, images: int, seed: int) -> StageResult:
-    """Stage 4: one LoRA per non-base named style into ``out/loras``, described in ``loras/index.json``."""
+def train_checkpoints(
+    pipeline: StableDiffusionPipeline, entry: dict, out_dir: Path, steps: tuple[int, ...]
+) -> dict[str, dict]:
+    """Checkpoints at ``steps`` of one run that continues the bank LoRA ``entry`` describes.
+
+    The run repeats the LoRA's training (same renders, seed and constant learning rate) for
+    ``max(steps)`` steps, so the bank LoRA itself is its checkpoint at ``entry``'s step count. Each
+    checkpoint is ``<name>-<N>steps.safetensors``; returns their index entries, recorded in
+    ``<name>-checkpoints.json`` so a rerun skips a finished run.
+    """
+    name, recorded = entry["style"], out_dir / f"{entry['style']}-checkpoints.json"
+    if recorded.exists():
+        return training.read_json(recorded)
+    train = entry["training"]
+    files = {n: out_dir / f"{name}-{n}steps.safetensors" for n in steps}
+    known = {field.name for field in fields(LoRATrainingConfig)}
+    config = LoRATrainingConfig(
+        **{key: value for key, value in train.items() if key in known},
+    )
+    config = replace(config, steps=max(steps), target_modules=tuple(config.target_modules))
+    samples = sample_style(name, train["images"], train["data_seed"])
+    result = train_lora(
+        pipeline,
+        [s.image for s in samples],
+        [s.caption for s in samples],
+        files[max(steps)],
+        config,
+        checkpoints={n: files[n] for n in steps if n != max(steps)},
+    )
+    kept = {
+        key: value for key, value in entry.items() if key not in ("final_loss", "cpu_seconds", "wall_seconds")
+    }
+    run = {
+        "steps": result.steps,
+        "cpu_seconds": round(result.cpu_seconds, 1),
+        "wall_seconds": round(result.wall_seconds, 1),
+    }
+    checkpoints = {
+        f"{name}-{n}steps": {
+            **kept,
+            "file": files[n].name,
+            "checkpoint_of": name,
+            "training": {**train, "steps": n},
+            "run": run,
+        }
+        for n in steps
+    }
+    training.write_json(recorded, checkpoints)
+    return checkpoints
+
+
+def train_world_loras(
+    out: Path, config: LoRATrainingConfig, images: int, seed: int, checkpoints: tuple[str, tuple[int, ...]]
+) -> StageResult:
+    """Stage 4: one LoRA per non-base named style into ``out/loras``, described in ``loras/index.json``,
+    and ``checkpoints = (style, steps)``: the checkpoints of one longer run of that style's LoRA."""
     pipeline = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
     names = [name for name, style in STYLES.items() if style.kind != "base"]
     index = train_lora_bank(pipeline, names, out / "loras", config, images, seed)
+    style, steps = checkpoints
+    index |= train_checkpoints(pipeline, index[style], out / "loras", steps)
+    training.write_json(out / "loras" / "index.json", index)
+    run = index[f"{style}-{max(steps)}steps"]["run"]
     trained = [index[name] for name in names]
     return StageResult(
         steps=sum(entry["training"]["steps"] for entry in trained),
         final_loss=trained[-1]["final_loss"],
-        cpu_seconds=sum(entry["cpu_seconds"] for entry in trained),
-        wall_seconds=sum(entry["wall_seconds"] for entry in trained),
+        cpu_seconds=sum(entry["cpu_seconds"] for entry in trained) + run["cpu_seconds"],
+        wall_seconds=sum(entry["wall_seconds"] for entry in trained) + run["wall_seconds"],
     )

@@ -7,7 +7,8 @@ Stages, each seeded, checkpointed under ``--work`` and skipped once recorded in 
 2. ``evaluators``: digit and style classifiers and the diversity feature extractor, on clean
    renders (they do not need the VAE, so the VAE's fidelity can be measured before the UNet).
 3. ``style-encoder``: the style encoder (``autolora.world.style_encoder``), contrastively on the base
-   style and random training styles, with its retrieval accuracy on held-out styles.
+   style, random training styles and their palette twins, with its retrieval accuracy on held-out
+   styles.
 4. ``base``: the UNet (v-prediction, the text encoder frozen at its seeded initialisation) on the
    ``base`` style only, with 10% caption dropout so classifier-free guidance works; the pipeline is
    saved with ``save_pretrained``.
@@ -80,6 +81,8 @@ class Plan:
     base_renders_per_digit: int = 4
     lora_images: int = 24
     lora: LoRATrainingConfig = field(default_factory=LoRATrainingConfig)
+    #: A style whose LoRA is also shipped at these step counts (under- to over-fit checkpoints of one run).
+    lora_checkpoints: tuple[str, tuple[int, ...]] = ("shadow", (125, 1500, 4000))
     evaluator_steps: int = 6000
     evaluator_batch: int = 64
     evaluator_width: int = 32
@@ -117,6 +120,7 @@ TINY_PLAN = Plan(
     base_renders_per_digit=1,
     lora_images=2,
     lora=LoRATrainingConfig(steps=2, batch_size=2),
+    lora_checkpoints=("shadow", (1, 2, 3)),
     evaluator_steps=2,
     evaluator_batch=4,
     evaluator_width=4,
@@ -290,7 +294,8 @@ def run(
         elif stage == "loras":
             from autolora.world.lora import train_world_loras
 
-            _record(out, plan, stage, seed, train_world_loras(out, plan.lora, plan.lora_images, seed))
+            result = train_world_loras(out, plan.lora, plan.lora_images, seed, plan.lora_checkpoints)
+            _record(out, plan, stage, seed, result)
         elif stage == "style-encoder":
             from autolora.world.style_encoder import train_style_encoder
 
