@@ -89,7 +89,7 @@ def test_hopeless_settings_stop_after_half_their_seeds(tmp_path):
     tune(spec, tmp_path, progress=False, log=lambda line: None)
     pruned = [t for t in _study(tmp_path).trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned and all(t.user_attrs["images"] == 4 for t in pruned)  # 2 prompts x 2 of 4 seeds
-    assert sum(t.user_attrs["images"] for t in _study(tmp_path).trials) <= 12
+    assert sum(t.user_attrs.get("images", 0) for t in _study(tmp_path).trials) <= 12
 
 
 def test_another_setup_in_the_same_folder_is_refused(tuned):
@@ -161,7 +161,9 @@ def test_tune_runs_on_a_loaded_pipeline_and_stops_when_its_log_raises(tuned, tmp
 
     with pytest.raises(KeyboardInterrupt):
         tune(SPEC, tmp_path / "stopped", progress=False, log=stop, pipe=pipe)
-    assert [t.state for t in _study(tmp_path / "stopped").trials] == [optuna.trial.TrialState.COMPLETE]
+    states = [t.state for t in _study(tmp_path / "stopped").trials]
+    # The map's settings not run yet stay queued for a resumed run.
+    assert states == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.WAITING] * 3
 
 
 def test_lora_cfg_is_always_searched_as_the_reference(tmp_path):
@@ -170,3 +172,16 @@ def test_lora_cfg_is_always_searched_as_the_reference(tmp_path):
     tune(spec, tmp_path, progress=False, log=lambda line: None)
     trials = _study(tmp_path).trials
     assert trials[0].params["method"] == "lora" and len(trials) == 2
+
+
+def test_the_maps_front_settings_follow_the_reference_within_the_search_space(tmp_path):
+    from autolora.tune import _map_starts
+
+    spec = dataclasses.replace(SPEC, budget_images=16)
+    tune(spec, tmp_path, progress=False, log=lambda line: None)
+    trials = _study(tmp_path).trials
+    assert [t.params["method"] for t in trials] == ["lora", "interval-cfg", "cads", "lora"]
+    assert trials[1].params["interval-cfg/cfg_lora"] == 4.0  # the default scale, w = 4
+    assert trials[3].params == {"method": "lora", "lora/cfg_lora": 2.0, "lora/lora_scale": 0.75}
+    # Scales are clipped to the searched range: half of w = 1.5 is below CFG 1.
+    assert _map_starts(("lora",), 1.5) == [{"method": "lora", "lora/cfg_lora": 1.0, "lora/lora_scale": 0.75}]

@@ -40,7 +40,9 @@ METHODS = ("lora", "autolora", "interval-cfg", "cads")
 STUDY_FILE = "study.db"
 PRESET_FILE = "tuned.toml"
 # Ranges of the search, relative to the model's default CFG scale w (SDXL 5, the world 4).
-_CFG_RANGE = (1.0, 2.5)  # x w, for LoRA+CFG, both AutoLoRA branches and CADS
+# x w, for LoRA+CFG, both AutoLoRA branches and CADS (never below 1): the world's trade-off map has
+# LoRA+CFG at half the default scale on its front, so the search goes below the default too.
+_CFG_RANGE = (0.25, 2.5)
 _INTERVAL_CFG_RANGE = (1.0, 4.0)  # x w: guidance on part of the trajectory is usually stronger
 _LORA_SCALE_RANGE = (0.25, 1.25)
 _GAMMA_RANGE = (0.0, 3.0)
@@ -174,20 +176,29 @@ def tune(
     runner = _TrialRunner(spec, out, pipe)
     if not study.trials:
         study.enqueue_trial(_reference_params(runner.default_cfg))
+        for params in _map_starts(spec.methods, runner.default_cfg):
+            study.enqueue_trial(params)
 
     # 3. Trials until the budget is spent.
     from tqdm.auto import tqdm
 
     used_images, used_seconds = _spent(study)
     total = spec.budget_images or math.inf
+    finished: list[Any] = []  # the trial just run; queued ones may come after it in study.trials
     with tqdm(
         total=spec.budget_images, initial=used_images, unit="img", disable=not progress, desc="tune"
     ) as bar:
         while used_images + spec.images_per_trial <= total and (
             spec.budget_minutes is None or used_seconds < spec.budget_minutes * 60
         ):
-            study.optimize(lambda trial: runner.objective(trial, study), n_trials=1, catch=())
-            last = study.trials[-1]
+            finished.clear()
+            study.optimize(
+                lambda trial: runner.objective(trial, study),
+                n_trials=1,
+                catch=(),
+                callbacks=[lambda _, trial: finished.append(trial)],
+            )
+            last = finished[0]
             used_images, used_seconds = _spent(study)
             bar.update(last.user_attrs.get("images", 0))
             log(_trial_line(last))
@@ -236,6 +247,26 @@ def _spent(study: Any) -> tuple[int, float]:
 
 def _reference_params(w: float) -> dict[str, Any]:
     return {"method": "lora", "lora/cfg_lora": w, "lora/lora_scale": 1.0}
+
+
+#: Settings on the front of the miniature world's trade-off map (docs/tradeoffs.md; CFG scales as a
+#: multiple of the default), tried right after the reference.
+_MAP_STARTS = (
+    ("interval-cfg", {"cfg_lora": 1.0, "sigma_a": 0.28, "sigma_b": 5.42, "lora_scale": 1.0}),
+    ("cads", {"cfg_lora": 1.0, "cads_noise": 0.25, "tau1": 0.6, "tau_width": 0.3, "lora_scale": 1.0}),
+    ("lora", {"cfg_lora": 0.5, "lora_scale": 0.75}),
+)
+
+
+def _map_starts(methods: Sequence[str], w: float) -> list[dict[str, Any]]:
+    """The ``_MAP_STARTS`` of the searched ``methods`` as trial parameters, CFG scales times ``w``."""
+    starts = []
+    for method, values in _MAP_STARTS:
+        if method in methods:
+            cfg_range = _scaled(_INTERVAL_CFG_RANGE if method == "interval-cfg" else _CFG_RANGE, w)
+            values = {**values, "cfg_lora": min(max(values["cfg_lora"] * w, cfg_range[0]), cfg_range[1])}
+            starts.append({"method": method, **{f"{method}/{name}": v for name, v in values.items()}})
+    return starts
 
 
 def _suggest(trial: Any, methods: Sequence[str], w: float) -> dict[str, Any]:

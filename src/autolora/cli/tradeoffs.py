@@ -1,6 +1,5 @@
 """``autolora tradeoffs``: the trade-off map over every world LoRA (the ``mini-tradeoffs`` sweep once per
-LoRA, resumable) and its pooled report in ``OUT/report``. Spread it over processes with
-``accelerate launch -m autolora tradeoffs ...``.
+LoRA, resumable) and its pooled report in ``OUT/report``.
 """
 
 from __future__ import annotations
@@ -43,9 +42,6 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.report_only:
         run_map(args.out, args.loras or MAP_LORAS, args.overrides, progress=not args.no_progress)
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        for path in map_report(args.out):
-            print(path)
+    for path in map_report(args.out):
+        print(path)
     return 0

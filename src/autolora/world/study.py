@@ -27,9 +27,13 @@ METHODS = ("base", "lora", "autolora")
 
 
 def style_loras(world: Path = ASSETS_DIR) -> list[str]:
-    """The style LoRAs (not the character, not format twins) of the world in ``world``."""
+    """The style LoRAs (not the character, format twins or training-length checkpoints) of ``world``."""
     index = json.loads((world / "loras" / "index.json").read_text())
-    return sorted(name for name, entry in index.items() if entry["kind"] == "style" and "format" not in entry)
+    return sorted(
+        name
+        for name, entry in index.items()
+        if entry["kind"] == "style" and "format" not in entry and "checkpoint_of" not in entry
+    )
 
 
 def world_pipeline(world: Path, lora: str | None = None) -> Any:
