@@ -1,8 +1,11 @@
-"""``autolora demo``: the base model, LoRA+CFG and AutoLoRA on the miniature world, from the same noise.
+"""``autolora demo``: the base model, LoRA+CFG, AutoLoRA and the trade-off map's pick on the miniature
+world, from the same noise.
 
 Loads the shipped miniature pipeline and one of its few-shot style LoRAs, generates the same
-seeds and prompt with the base model (LoRA off), LoRA+CFG and AutoLoRA, writes a labelled grid and
-prints diversity, style score and digit score per method (measured with the world's own evaluators).
+seeds and prompt with the base model (LoRA off), LoRA+CFG, AutoLoRA and LoRA+CFG at half the CFG scale
+and LoRA scale 0.75 (the setting the world's trade-off map puts on its front, docs/tradeoffs.md),
+writes a labelled grid and prints diversity, style score and digit score per row (measured with the
+world's own evaluators).
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_LORA = "shadow"
-METHODS = {"base": "Base+CFG", "lora": "LoRA+CFG", "autolora": "AutoLoRA"}
+#: The grid's rows: label -> (``generate`` method, LoRA scale, CFG scale as a multiple of the demo's).
+ROWS = {
+    "Base+CFG": ("base", None, 1.0),
+    "LoRA+CFG": ("lora", None, 1.0),
+    "AutoLoRA": ("autolora", None, 1.0),
+    "CFG/2 x0.75": ("lora", 0.75, 0.5),
+}
 #: Grid cells are upscaled from the world's 32x32 so the images can be seen.
 CELL = 96
 
@@ -27,7 +36,7 @@ CELL = 96
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "demo",
-        help="compare the base model, LoRA+CFG and AutoLoRA on the built-in miniature world",
+        help="compare the base model, LoRA+CFG, AutoLoRA and half CFG on the built-in miniature world",
         description=__doc__,
     )
     parser.add_argument("--out", type=Path, default=Path("autolora-demo"), help="folder for the grid PNG")
@@ -43,9 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def score(
-    images_by_method: dict[str, list[Image.Image]], prompt: str, style: str, digit: int | None
+    images_by_row: dict[str, list[Image.Image]], prompt: str, style: str, digit: int | None
 ) -> pd.DataFrame:
-    """Per-method diversity (Eq. 8 on the world's features), mean style score and mean digit score.
+    """Per-row diversity (Eq. 8 on the world's features), mean style score and mean digit score.
 
     Measured through the evaluation layer, with the same registered metrics ``autolora eval`` runs.
     """
@@ -53,17 +62,17 @@ def score(
     from autolora.metrics.registry import ImageRecord
 
     records = [
-        ImageRecord(image, meta={"method": METHODS[method], "prompt": prompt, "style": style, "digit": digit})
-        for method, images in images_by_method.items()
+        ImageRecord(image, meta={"row": row, "prompt": prompt, "style": style, "digit": digit})
+        for row, images in images_by_row.items()
         for image in images
     ]
     result = evaluate(
         records,
         ["diversity", "world:style", "world:digit"],
-        group_by=("method",),
+        group_by=("row",),
         options={"diversity": {"extractor": "world"}},
     )
-    return result.per_group.set_index("method").loc[list(METHODS.values())]
+    return result.per_group.set_index("row").loc[list(images_by_row)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,16 +96,26 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline("world")
     load_lora(pipe, f"world:{args.lora}")
     digit = info.digit if info.digit is not None else prompted_digit({"prompt": info.prompt})
-    images_by_method = {
-        method: generate(pipe, info.prompt, params, method=method, progress=False) for method in METHODS
+    cfg = default_cfg_scale(pipe) if args.cfg is None else args.cfg
+    images_by_row = {
+        label: generate(
+            pipe,
+            info.prompt,
+            params,
+            method=method,
+            lora_scale=lora_scale,
+            cfg_base=cfg * factor,
+            cfg_lora=cfg * factor,
+            progress=False,
+        )
+        for label, (method, lora_scale, factor) in ROWS.items()
     }
     rows = [
         [image.resize((CELL, CELL), Image.Resampling.NEAREST) for image in images]
-        for images in images_by_method.values()
+        for images in images_by_row.values()
     ]
-    cfg = default_cfg_scale(pipe) if args.cfg is None else args.cfg
-    scores = score(images_by_method, info.prompt, info.style, digit)
-    grid = make_grid(rows, list(METHODS.values()), [f"seed {args.seed + i}" for i in range(args.images)])
+    scores = score(images_by_row, info.prompt, info.style, digit)
+    grid = make_grid(rows, list(ROWS), [f"seed {args.seed + i}" for i in range(args.images)])
     grid_params = {
         "prompt": info.prompt,
         "model": "world",
@@ -109,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
     }
     path = save_png(grid, Path(args.out) / f"demo-{args.lora}.png", grid_params)
     print(f'prompt: "{info.prompt}"  LoRA: world:{args.lora}  gamma: {args.gamma}  CFG: {cfg}')
-    print(f"{'method':<10} {'diversity':>9} {'style':>7} {'digit':>7}")
-    for method, row in scores.iterrows():
-        print(f"{method:<10} {row.diversity:>9.3f} {row.style_score:>7.3f} {row.digit_score:>7.3f}")
+    width = max(len(label) for label in ROWS)
+    print(f"{'row':<{width}} {'diversity':>9} {'style':>7} {'digit':>7}")
+    for label, row in scores.iterrows():
+        print(f"{label:<{width}} {row.diversity:>9.3f} {row.style_score:>7.3f} {row.digit_score:>7.3f}")
     print(f"grid: {path}")
     return 0
