@@ -236,19 +236,12 @@ class Study:
     def _record(
         self, style: str, k: int, method: str, made: Made, scores: dict[str, dict[str, float]]
     ) -> None:
+        common = {"style": style, "k": k, "method": method, "steps": made.steps}
+        common |= {"seconds": round(made.seconds, 4), "cpu_seconds": round(made.cpu_seconds, 4)}
+        lines = [json.dumps({**common, "guidance": g, **values}) + "\n" for g, values in scores.items()]
+        # One write per cell, so an interruption cannot leave a cell with only some of its rows.
         with self.results_file.open("a") as file:
-            for guidance, values in scores.items():
-                row = {
-                    "style": style,
-                    "k": k,
-                    "method": method,
-                    "guidance": guidance,
-                    "steps": made.steps,
-                    "seconds": round(made.seconds, 4),
-                    "cpu_seconds": round(made.cpu_seconds, 4),
-                    **values,
-                }
-                file.write(json.dumps(row) + "\n")
+            file.write("".join(lines))
 
     # The run --------------------------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
