@@ -7,7 +7,7 @@ import torch
 from app_fixtures import TINY_PRIOR
 
 from autolora.errors import ConfigError
-from autolora.synthesis.bank import build_bank
+from autolora.synthesis.bank import Bank, build_bank
 from autolora.synthesis.conditions import condition_of, load_encoder
 from autolora.synthesis.config import PriorConfig
 from autolora.synthesis.study import Study, StudyConfig, main, read_results, score_samples
@@ -179,3 +179,15 @@ def test_command_line_runs_two_held_out_styles_with_the_swap(inputs, capsys):
     assert set(results["style"]) == {"random-7", "random-8"}
     assert results.loc[results["method"] != "base", "swap_similarity"].notna().all()
     assert "Condition swap" in capsys.readouterr().out
+
+
+def test_bank_build_command_encodes_world_renders_and_excludes_held_out_styles(inputs, capsys):
+    from autolora.cli import main as autolora
+
+    root, bank = inputs
+    out = root / "cli-bank"
+    command = ["bank", "build", str(root / "loras"), "--base", "world", "--rank", "4", "--out", str(out)]
+    assert autolora([*command, "--world-renders", "2"]) == 2  # renders need an encoder to encode them
+    assert "--world-renders needs" in capsys.readouterr().err
+    assert autolora([*command, "--encoder", ENCODER, "--world-renders", "2", "--exclude", HELD_OUT]) == 0
+    torch.testing.assert_close(Bank.open(out).conditions, bank.conditions)
