@@ -86,17 +86,20 @@ def test_study_writes_every_cell_table_and_grid_then_resumes_without_recomputing
     results = Study(bank, out, config).run()
     methods = ["trained", "nearest", "pca-inversion", "pclora@1", "pclora@2", "prior:tiny"]
     assert config.methods() == methods
-    # The base model is sampled once with CFG; every LoRA with CFG and with AutoLoRA.
-    assert len(results) == 1 + 2 * len(methods)
-    assert set(results["method"]) == {"base", *methods}
-    assert results[["style_similarity", "fd_ratio", "digit_score", "diversity"]].notna().all().all()
+    # Held-out renders are scored once, the base model sampled once with CFG, every LoRA with CFG and AutoLoRA.
+    assert len(results) == 2 + 2 * len(methods)
+    assert set(results["method"]) == {"renders", "base", *methods}
+    renders = results[results["method"] == "renders"].iloc[0]
+    assert renders["fd_ratio"] == pytest.approx(1.0)  # the floor renders are the FD ratio's denominator
+    sampled = results[results["method"] != "renders"]
+    assert sampled[["style_similarity", "fd_ratio", "digit_score", "diversity"]].notna().all().all()
     assert (results.loc[results["method"] == "trained", "steps"] == 2).all()
     # One held-out style: no other style to swap with.
     assert results["swap_similarity"].isna().all()
     table = (out / "table.md").read_text()
     for method in methods:
         assert f"| {method} | cfg | 1 |" in table and f"| {method} | autolora | 1 |" in table
-    assert "| base | cfg | any |" in table
+    assert "| base | cfg | any |" in table and "| renders | - | any |" in table
     assert (out / "grid.png").exists() and (out / "loras" / HELD_OUT / "k1" / "trained.safetensors").exists()
 
     # Resume: a finished run recomputes nothing; a missing cell is the only one recomputed.

@@ -16,7 +16,8 @@ Each LoRA samples a few digit prompts with the style's trigger word (paired seed
 style: style similarity (cosine between the condition encoder's conditions of samples and renders),
 FD ratio in world features (``autolora.world.fidelity.fd_ratio``), the world's digit score and
 diversity (Eq. 8 on world features). ``swap_similarity`` scores the same samples against the next
-held-out style's renders: a LoRA that follows its condition loses similarity there.
+held-out style's renders: a LoRA that follows its condition loses similarity there. The ``renders``
+row scores fresh held-out renders of the style the same way: the ceiling of every column.
 
 Results go to ``OUT/results.jsonl`` one finished cell (style, k, method) at a time, so an
 interrupted run resumes where it stopped; then ``OUT/table.md`` (means with 95 % intervals over
@@ -46,6 +47,8 @@ from autolora.world.assets import ASSETS_DIR
 
 #: The two ways each LoRA is sampled: LoRA + CFG, and AutoLoRA guidance on top.
 GUIDANCE = ("cfg", "autolora")
+#: Rows made once per style (shown with k "any"): held-out renders scored like samples, and the base model.
+UNTRAINED = ("renders", "base")
 METRICS = ("style_similarity", "swap_similarity", "fd_ratio", "digit_score", "diversity")
 #: Seeds of the three render sets of a style: references (training digits), scoring, FD floor.
 REFERENCE_SEED, SCORE_SEED, FLOOR_SEED = 0, 1, 2
@@ -114,13 +117,14 @@ class Made:
 
 @dataclass
 class StyleData:
-    """A held-out style's trigger, reference renders (all ``max(k)``) and the two scoring render sets."""
+    """A held-out style's trigger, reference renders (all ``max(k)``) and the two scoring render sets
+    (``floor``: samples of the world's renderer, with their digits)."""
 
     name: str
     trigger: str
     references: list[Any]
     scoring: list[Image.Image]
-    floor: list[Image.Image]
+    floor: list[Any]
 
 
 class Study:
@@ -220,7 +224,7 @@ class Study:
             get_style(name).trigger,
             style_renders(name, max(self.config.ks), seed + REFERENCE_SEED),
             [s.image for s in style_renders(name, count, seed + SCORE_SEED, split="held_out")],
-            [s.image for s in style_renders(name, count, seed + FLOOR_SEED, split="held_out")],
+            style_renders(name, count, seed + FLOOR_SEED, split="held_out"),
         )
 
     # Results --------------------------------------------------------------------------------------------
@@ -259,6 +263,9 @@ class Study:
     def _run_style(self, style: StyleData, partner: StyleData | None) -> None:
         done = self.finished()
         targets = self._targets(style, partner)
+        if (style.name, 0, "renders") not in done:  # the ceiling: fresh renders scored like samples
+            renders = [(s.digit, s.image) for s in style.floor]
+            self._record(style.name, 0, "renders", Made(None), {"-": self._score(renders, targets)})
         if (style.name, 0, "base") not in done:
             self._finish(style, targets, 0, "base", Made(None))
         for k in self.config.ks:
@@ -287,7 +294,7 @@ class Study:
             "condition": own,
             "swap": condition_of(self.encoder, partner.scoring) if partner else None,
             "scoring": style.scoring,
-            "floor": style.floor,
+            "floor": [s.image for s in style.floor],
         }
 
     def _finish(self, style: StyleData, targets: dict[str, Any], k: int, method: str, made: Made) -> None:
@@ -497,7 +504,7 @@ def markdown(results: pd.DataFrame, config: StudyConfig) -> str:
     """Method x k tables: metrics, their ratio to the trained LoRA, and the condition-swap drop (95 % intervals over styles)."""
     from autolora.stats import format_mean_ci95
 
-    methods = ["base", *config.methods()]
+    methods = [*UNTRAINED, *config.methods()]
     lines = [
         f"{results['style'].nunique()} held-out styles; mean [95 % interval] over styles.",
         "",
@@ -508,8 +515,8 @@ def markdown(results: pd.DataFrame, config: StudyConfig) -> str:
         "style_similarity"
     ]
     for method in methods:
-        for guidance in GUIDANCE:
-            for k in [0] if method == "base" else config.ks:
+        for guidance in ("-", *GUIDANCE):
+            for k in [0] if method in UNTRAINED else config.ks:
                 group = results[
                     (results["method"] == method) & (results["guidance"] == guidance) & (results["k"] == k)
                 ]
@@ -517,7 +524,7 @@ def markdown(results: pd.DataFrame, config: StudyConfig) -> str:
                     continue
                 ratio = (
                     ""
-                    if method == "base"
+                    if method in UNTRAINED
                     else format_mean_ci95(
                         [
                             row.style_similarity / trained.get((row.style, k, guidance), float("nan"))
@@ -532,23 +539,26 @@ def markdown(results: pd.DataFrame, config: StudyConfig) -> str:
                     f"| {format_mean_ci95(group['diversity'])} |"
                 )
     swaps = results[
-        (results["guidance"] == "cfg") & results["swap_similarity"].notna() & (results["method"] != "base")
+        results["guidance"].isin(["-", "cfg"])
+        & results["swap_similarity"].notna()
+        & (results["method"] != "base")
     ]
     if not swaps.empty:
         lines += [
             "",
             "Condition swap (LoRA+CFG): samples of style A's LoRA against A's held-out renders (own) and the next",
-            "held-out style B's (swapped); the drop is own - swapped, per style.",
+            "held-out style B's (swapped); the drop is own - swapped, per style ('renders': fresh renders of A,",
+            "the largest drop a LoRA can show).",
             "",
             "| method | k | own | swapped | drop |",
             "|---|---|---|---|---|",
         ]
-        for method in config.methods():
-            for k in config.ks:
+        for method in ["renders", *config.methods()]:
+            for k in [0] if method == "renders" else config.ks:
                 group = swaps[(swaps["method"] == method) & (swaps["k"] == k)]
                 if not group.empty:
                     lines.append(
-                        f"| {method} | {k} | {format_mean_ci95(group['style_similarity'])} "
+                        f"| {method} | {k or 'any'} | {format_mean_ci95(group['style_similarity'])} "
                         f"| {format_mean_ci95(group['swap_similarity'])} "
                         f"| {format_mean_ci95(group['style_similarity'] - group['swap_similarity'])} |"
                     )
