@@ -127,6 +127,10 @@ def test_study_refuses_held_out_styles_in_the_bank_and_unconditional_priors(inpu
         Study(bank, root / "refused", tiny_config(held_out=["neon"]))
     with pytest.raises(ConfigError, match="unconditional"):
         Study(bank, root / "refused", tiny_config(priors={"p": str(root / "pca")}))
+    with pytest.raises(ConfigError, match="unknown style 'mystery'"):
+        Study(bank, root / "refused", tiny_config(held_out=["mystery"]))
+    with pytest.raises(ConfigError, match="not of the world in"):
+        Study(bank, root / "refused", tiny_config(), world=root)
     with pytest.raises(ConfigError, match="k must be at least 1"):
         tiny_config(ks=(0,))
 

@@ -140,6 +140,15 @@ class Study:
         encoder: str | None = None,
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
+        from autolora.synthesis.bank import resolve_base
+        from autolora.world.styles import get_style
+
+        for name in config.held_out:
+            get_style(name)  # an unknown style name fails here, before any work
+        if Path(resolve_base(bank.layout.base)).resolve() != (Path(world) / "pipeline").resolve():
+            raise ConfigError(
+                f"bank {bank.path} holds LoRAs of {bank.layout.base}, not of the world in {world}"
+            )
         seen = sorted(set(config.held_out) & {Path(name).stem for name in bank.names})
         if seen:
             raise ConfigError(
