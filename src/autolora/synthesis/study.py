@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 
 from autolora.errors import ConfigError
+from autolora.images import atomic_write_bytes
 from autolora.synthesis.bank import Bank
 from autolora.synthesis.conditions import ConditionEncoder, condition_of, load_encoder
 from autolora.synthesis.prior import load_prior
@@ -273,7 +274,8 @@ class Study:
         done = self.finished()
         targets = self._targets(style, partner)
         if (style.name, 0, "renders") not in done:  # the ceiling: fresh renders scored like samples
-            renders = [(s.digit, s.image) for s in style.floor]
+            count = len(self.config.digits) * self.config.images  # as many renders as a LoRA has samples
+            renders = [(s.digit, s.image) for s in style.floor[:count]]
             self._record(style.name, 0, "renders", Made(None), {"-": self._score(renders, targets)})
         if (style.name, 0, "base") not in done:
             self._finish(style, targets, 0, "base", Made(None))
@@ -286,15 +288,17 @@ class Study:
             images, captions = [s.image for s in references], [s.caption for s in references]
             folder = self.out / "loras" / style.name / f"k{k}"
             condition = condition_of(self.encoder, images)
-            pclora = [m for m in todo if m.startswith("pclora@")]
-            if pclora:
-                for method, made in self._pclora(images, captions, condition, folder).items():
-                    if method in pclora:
-                        self._finish(style, targets, k, method, made)
-            for method in (m for m in todo if not m.startswith("pclora@")):
-                self._finish(
-                    style, targets, k, method, self._make(method, images, captions, condition, folder)
-                )
+            # LoRAs made before an interruption are kept with their cost and only sampled again.
+            made = {method: _kept(folder, method) for method in todo}
+            if any(made[m] is None for m in todo if m.startswith("pclora@")):
+                fitted = self._pclora(images, captions, folder)
+                made |= {method: fitted[method] for method in todo if method in fitted}
+            for method in todo:
+                if made[method] is None:
+                    made[method] = _keep(
+                        folder, method, self._make(method, images, captions, condition, folder)
+                    )
+                self._finish(style, targets, k, method, made[method])
 
     def _targets(self, style: StyleData, partner: StyleData | None) -> dict[str, Any]:
         """What samples are scored against: the style's condition and render sets, and its partner's condition."""
@@ -320,7 +324,7 @@ class Study:
                 scores[guidance] = self._score(samples, targets)
                 folder = self.out / "samples" / style.name / f"k{k}"
                 folder.mkdir(parents=True, exist_ok=True)
-                samples[0][1].save(folder / f"{method.replace(':', '-')}-{guidance}.png")
+                samples[0][1].save(folder / f"{_stem(method)}-{guidance}.png")
         finally:
             if name is not None:
                 self.pipe.delete_adapters(name)
@@ -365,7 +369,7 @@ class Study:
         from autolora.synthesis.synth import synthesize, write_lora
 
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{method.replace(':', '-')}.safetensors"
+        path = folder / f"{_stem(method)}.safetensors"
         started, cpu = time.perf_counter(), time.process_time()
         if method == "trained":
             from autolora.world.lora import train_lora
@@ -400,9 +404,7 @@ class Study:
         result = synthesize(prior, images, path, encoder=self.encoder, seed=self.config.seed)
         return Made(path, result.seconds, time.process_time() - cpu)
 
-    def _pclora(
-        self, images: list[Image.Image], captions: list[str], condition: torch.Tensor, folder: Path
-    ) -> dict[str, Made]:
+    def _pclora(self, images: list[Image.Image], captions: list[str], folder: Path) -> dict[str, Made]:
         """One PCLoRA fit over the bank's LoRAs (started at their mean), a LoRA file at each snapshot step."""
         from autolora.synthesis.pclora import CoefficientLoRA, fit_coefficients
         from autolora.synthesis.synth import write_lora
@@ -421,10 +423,10 @@ class Study:
 
         def snapshot(step: int) -> None:
             if step in c.pclora_steps:
-                path = write_lora(self.bank.layout, model.vector(), folder / f"pclora-{step}.safetensors")
-                made[f"pclora@{step}"] = Made(
-                    path, time.perf_counter() - started, time.process_time() - cpu, step
-                )
+                method = f"pclora@{step}"
+                path = write_lora(self.bank.layout, model.vector(), folder / f"{_stem(method)}.safetensors")
+                cost = Made(path, time.perf_counter() - started, time.process_time() - cpu, step)
+                made[method] = _keep(folder, method, cost)
 
         fit_coefficients(
             self.pipe,
@@ -451,7 +453,7 @@ class Study:
             row = [s.image for s in style.references[:shown]]
             for method in methods:
                 folder = self.out / "samples" / name / ("k0" if method == "base" else f"k{k}")
-                path = folder / f"{method.replace(':', '-')}-cfg.png"
+                path = folder / f"{_stem(method)}-cfg.png"
                 row.append(
                     Image.open(path).convert("RGB")
                     if path.exists()
@@ -461,6 +463,26 @@ class Study:
             labels.append(name)
         columns = [f"ref {i + 1}" for i in range(shown)] + [m.removeprefix("prior:") for m in methods]
         return make_grid(rows, labels, columns)
+
+
+def _stem(method: str) -> str:
+    """The file name stem of a method's LoRA and samples (``prior:a`` -> ``prior-a``, ``pclora@5`` -> ``pclora-5``)."""
+    return method.replace(":", "-").replace("@", "-")
+
+
+def _keep(folder: Path, method: str, made: Made) -> Made:
+    """Record ``made``'s cost beside its LoRA file, so a resumed run reuses the file."""
+    cost = {"seconds": made.seconds, "cpu_seconds": made.cpu_seconds, "steps": made.steps}
+    atomic_write_bytes(folder / f"{_stem(method)}.json", json.dumps(cost).encode())
+    return made
+
+
+def _kept(folder: Path, method: str) -> Made | None:
+    """The LoRA ``method`` made in ``folder`` before, with its cost; None when there is none."""
+    cost, path = folder / f"{_stem(method)}.json", folder / f"{_stem(method)}.safetensors"
+    if not cost.exists() or not path.exists():
+        return None
+    return Made(path, **json.loads(cost.read_text()))
 
 
 def score_samples(
@@ -476,7 +498,8 @@ def score_samples(
 
     ``style_similarity``: cosine between the samples' condition and ``condition`` (the scoring renders');
     ``swap_similarity``: the same against another style's ``swap_condition`` (NaN without one);
-    ``fd_ratio``: FD to the scoring renders over the FD of the ``floor`` renders to them (world features);
+    ``fd_ratio``: FD to the scoring renders over the FD of as many ``floor`` renders as there are samples
+    to them (world features; equal counts, so FD's small-sample bias cancels);
     ``digit_score``: mean probability of the prompted digit; ``diversity``: Eq. 8 per prompt, averaged.
     """
     from autolora.metrics.diversity import diversity
@@ -494,7 +517,7 @@ def score_samples(
         "swap_similarity": float(cosine(sampled, swap_condition, dim=0))
         if swap_condition is not None
         else float("nan"),
-        "fd_ratio": fd_ratio(evaluators, images, scoring, floor),
+        "fd_ratio": fd_ratio(evaluators, images, scoring, floor[: len(images)]),
         "digit_score": float(probabilities[torch.arange(len(images)), digits].mean()),
         "diversity": float(torch.tensor(per_prompt).nanmean()),
     }
