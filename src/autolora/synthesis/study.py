@@ -267,7 +267,7 @@ class Study:
             self._run_style(data[name], partner)
         results = read_results(self.results_file)
         (self.out / "table.md").write_text(markdown(results, self.config) + "\n")
-        self.grid(data, results).save(self.out / "grid.png")
+        self.grid(data).save(self.out / "grid.png")
         return results
 
     def _run_style(self, style: StyleData, partner: StyleData | None) -> None:
@@ -441,7 +441,7 @@ class Study:
         return made
 
     # Grid -----------------------------------------------------------------------------------------------
-    def grid(self, data: dict[str, StyleData], results: pd.DataFrame, cell: int = 48) -> Image.Image:
+    def grid(self, data: dict[str, StyleData], cell: int = 56) -> Image.Image:
         """Per held-out style at the largest k: its references, then one LoRA+CFG sample of each method."""
         from autolora.images import make_grid
 
@@ -461,7 +461,9 @@ class Study:
                 )
             rows.append([image.resize((cell, cell), Image.Resampling.NEAREST) for image in row])
             labels.append(name)
-        columns = [f"ref {i + 1}" for i in range(shown)] + [m.removeprefix("prior:") for m in methods]
+        columns = [f"ref {i + 1}" for i in range(shown)] + [
+            m.removeprefix("prior:").removeprefix("pca-") for m in methods
+        ]
         return make_grid(rows, labels, columns)
 
 
