@@ -2,7 +2,8 @@
 
 Every LoRA (diffusers/PEFT, kohya, PEFT folders such as weights2weights') is checked against the base
 model's UNet before any work; a LoRA of another base is refused naming the mismatching module. With
-``--encoder`` the images in ``<lora stem>/`` beside each LoRA give its condition. Re-run to resume.
+``--encoder`` the images in ``<lora stem>/`` beside each LoRA give its condition, or, with
+``--world-renders N``, N renders of the miniature-world style each LoRA is named after. Re-run to resume.
 """
 
 from __future__ import annotations
@@ -26,15 +27,47 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--encoder",
         metavar="SPEC",
         help="condition encoder, e.g. clip:openai/clip-vit-large-patch14 or "
-        "dinov2:facebook/dinov2-base (needs <lora stem>/ image folders)",
+        "dinov2:facebook/dinov2-base (needs <lora stem>/ image folders, or --world-renders)",
+    )
+    build.add_argument(
+        "--world-renders",
+        type=int,
+        metavar="N",
+        help="world LoRAs: encode N renders of the style each LoRA is named after (no image folders needed)",
+    )
+    build.add_argument(
+        "--exclude",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="leave out these LoRAs (file stems), e.g. held-out styles",
     )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    from autolora.errors import ConfigError
     from autolora.synthesis.bank import build_bank
 
-    bank = build_bank(args.loras, args.base, args.rank, args.out, encoder=args.encoder, log=print)
+    references = None
+    if args.world_renders is not None:
+        if args.world_renders < 1 or not args.encoder:
+            raise ConfigError(
+                "--world-renders needs a count of at least 1 and an --encoder to encode the renders"
+            )
+        from autolora.world.lora import bank_references
+
+        references = bank_references(args.world_renders)
+    bank = build_bank(
+        args.loras,
+        args.base,
+        args.rank,
+        args.out,
+        encoder=args.encoder,
+        references=references,
+        exclude=args.exclude,
+        log=print,
+    )
     conditions = "" if bank.conditions is None else f", conditions {tuple(bank.conditions.shape)}"
     print(
         f"wrote bank {args.out}: {len(bank)} LoRAs x {bank.layout.dim} floats, {len(bank.layout.modules)} modules, "

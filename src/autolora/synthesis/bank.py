@@ -10,12 +10,13 @@ SonicCodes/AutoLoRADiscovery, so small and large layers weigh alike.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from autolora.errors import ConfigError, IncompatibleLoRAError, InputFileError
 from autolora.images import atomic_write_bytes
@@ -140,17 +141,23 @@ def build_bank(
     out: str | Path,
     *,
     encoder: str | None = None,
+    references: Callable[[Path], Sequence[Image.Image | Path]] | None = None,
+    exclude: Collection[str] = (),
     log: Callable[[str], None] = lambda _: None,
 ) -> Bank:
     """Canonicalise every LoRA under ``lora_dir`` into a bank at ``out`` (resumable).
 
     Every file is checked against ``base`` first (modules and shapes, from its config), so a LoRA of
     another base model is refused before any work. With ``encoder`` (a condition encoder spec, see
-    ``autolora.synthesis.conditions``), the images in the folder ``<lora stem>/`` beside each LoRA are
-    encoded into that LoRA's condition.
+    ``autolora.synthesis.conditions``), each LoRA's reference images are encoded into its condition:
+    ``references(lora_path)`` when given (for LoRAs without images on disk, such as the miniature
+    world's, whose renders come from the style name), else the images in the folder ``<lora stem>/``
+    beside it. LoRAs whose name (file stem) is in ``exclude`` are left out (held-out styles).
     """
     lora_dir, out = Path(lora_dir), Path(out)
-    sources = _lora_sources(lora_dir)
+    sources = [s for s in _lora_sources(lora_dir) if _lora_name(s) not in set(exclude)]
+    if not sources:
+        raise InputFileError(f"every LoRA in {lora_dir} is excluded; the bank would be empty")
     # 1. Check every LoRA against the base model (headers and factor shapes only).
     base_shapes = base_linear_shapes(base)
     used: dict[str, tuple[int, int]] = {}
@@ -159,7 +166,9 @@ def build_bank(
         check_fits_base(source.name, shapes, base_shapes, base)
         used.update(shapes)
     layout = Layout(base, rank, used)
-    image_sets = _image_sets(sources) if encoder else None
+    image_sets = None
+    if encoder:
+        image_sets = [list(references(s)) for s in sources] if references else _image_sets(sources)
     # 2. Canonical vectors into the memory-mapped matrix, resuming after the last recorded chunk.
     out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -213,6 +222,11 @@ def _lora_sources(lora_dir: Path) -> list[Path]:
     if not sources:
         raise InputFileError(f"{lora_dir} holds no .safetensors LoRA and no PEFT adapter folder")
     return sources
+
+
+def _lora_name(source: Path) -> str:
+    """A LoRA's name: its file stem, or its PEFT folder's name."""
+    return source.stem if source.is_file() else source.name
 
 
 def _image_sets(sources: list[Path]) -> list[list[Path]]:

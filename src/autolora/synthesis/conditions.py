@@ -2,8 +2,10 @@
 
 An encoder is named by a spec ``"<kind>:<model>"``: ``clip:openai/clip-vit-large-patch14`` (CLIP image
 embeddings) or ``dinov2:facebook/dinov2-base`` (DINOv2 CLS features), loaded through transformers from
-a Hub id or a local folder. Other encoders (the miniature world's style encoder, ArcFace for faces)
-register a factory with ``register_encoder``. A set of images is encoded as the mean of its
+a Hub id or a local folder, or ``features:<extractor>`` (any feature extractor of ``autolora.metrics``,
+e.g. ``features:world``, the miniature world's autoencoder codes). Plugins register their own kinds
+(the miniature world's style encoder ``world:style``), and other encoders (ArcFace for faces) register
+a factory with ``register_encoder``. A set of images is encoded as the mean of its
 unit-normalised embeddings, so one image and eight images of one style land in the same place.
 """
 
@@ -70,9 +72,23 @@ class TransformersEncoder:
         return output.image_embeds if self.kind == "clip" else output.last_hidden_state[:, 0]
 
 
+class FeatureEncoder:
+    """A feature extractor of ``autolora.metrics.features`` (``get_extractor(name)``) as a condition encoder."""
+
+    def __init__(self, spec: str, name: str) -> None:
+        from autolora.metrics.features import get_extractor
+
+        self.spec, self.extractor = spec, get_extractor(name)
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return self.extractor(list(images))
+
+
 _FACTORIES: dict[str, Callable[[str, str], ConditionEncoder]] = {
     "clip": lambda spec, model: TransformersEncoder(spec, "clip", model),
     "dinov2": lambda spec, model: TransformersEncoder(spec, "dinov2", model),
+    "features": FeatureEncoder,
 }
 
 

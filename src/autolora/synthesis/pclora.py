@@ -9,6 +9,7 @@ components (``offset`` = the bank mean), and the coefficients shared by the whol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -120,11 +121,13 @@ def fit_coefficients(
     learning_rate: float = 1e-2,
     batch_size: int = 4,
     seed: int = 0,
+    callback: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Fit ``model``'s coefficients on ``images`` by the diffusion loss of ``pipe``'s UNet; returns losses.
 
     Only the coefficients train; the UNet gets a rank-``R`` adapter whose factors are computed from them
-    at every step, and the adapter is removed afterwards.
+    at every step, and the adapter is removed afterwards. ``callback(step)`` runs after each step
+    (1-based), e.g. to record ``model.vector()`` along the way.
     """
     from peft import LoraConfig
 
@@ -150,6 +153,8 @@ def fit_coefficients(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            if callback is not None:
+                callback(len(losses))
     finally:
         unet.delete_adapters(name)
     return losses

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from autolora.lora import to_kohya_state_dict
 from autolora.training import Schedule, StageResult, run_stage
 from autolora.world import training
 from autolora.world.lora_config import LoRATrainingConfig
-from autolora.world.styles import STYLES, get_style, sample_style
+from autolora.world.styles import STYLES, Sample, get_style, sample_style
 
 
 def _read_metadata(metadata: Path) -> list[tuple[str, str]]:
@@ -208,6 +209,25 @@ def train_lora(
     state_file.unlink()
     unet.delete_adapters("default")
     return result
+
+
+def style_renders(name: str, count: int, seed: int, *, split: str = "train") -> list[Sample]:
+    """``count`` renders of world style ``name`` from a seed of its own: ``seed`` plus a hash of the name,
+    so a style's renders do not depend on which other styles are drawn beside it."""
+    return sample_style(name, count, seed + zlib.crc32(name.encode()), split=split)
+
+
+def bank_references(count: int, seed: int = 0) -> Callable[[Path], list[Image.Image]]:
+    """``build_bank(references=...)`` for world LoRAs, which keep no images on disk: ``count`` renders of
+    the style each LoRA file is named after (``random-12.safetensors``: style ``random-12``)."""
+
+    def references(source: Path) -> list[Image.Image]:
+        try:
+            return [sample.image for sample in style_renders(source.stem, count, seed)]
+        except ConfigError as error:
+            raise ConfigError(f"LoRA {source.name} is not named after a world style: {error}") from None
+
+    return references
 
 
 #: The world LoRA also shipped in kohya format, as ``<name>-kohya``.
