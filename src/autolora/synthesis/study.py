@@ -57,7 +57,7 @@ REFERENCE_SEED, SCORE_SEED, FLOOR_SEED = 0, 1, 2
 
 @dataclass
 class StudyConfig:
-    """What the study measures and how hard it tries (defaults: the issue's protocol)."""
+    """What the study measures and how hard it tries (defaults: the reproduction's protocol)."""
 
     held_out: list[str]
     ks: tuple[int, ...] = (1, 4, 8)
