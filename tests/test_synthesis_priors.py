@@ -108,6 +108,13 @@ def test_a_tiny_prior_trains_saves_and_loads_with_the_same_samples(bank, tmp_pat
         assert 0 < loaded.far_threshold < float("inf")
 
 
+def test_a_pca_prior_asked_for_more_components_than_the_bank_holds_keeps_what_it_has(bank, tmp_path):
+    prior = train_prior(bank, PriorConfig(kind="pca", components=64), tmp_path / "pca")
+    assert prior.config.components == len(prior.pca.sigmas) == len(bank) - 1 < 64
+    loaded = load_prior(tmp_path / "pca")
+    assert torch.equal(loaded.pca.components, prior.pca.components)
+
+
 def test_prior_training_resumes_from_its_checkpoint(bank, tmp_path):
     config = PriorConfig(kind="regressor", **{**TINY, "vae_steps": 4, "prior_steps": 4})
     straight = train_prior(bank, config, tmp_path / "a", checkpoint_every=2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -121,6 +122,8 @@ def train_prior(
     stage = {"config": config, "work": work, "log": log, "checkpoint_every": checkpoint_every}
     if isinstance(prior, PCASynthesisPrior):
         prior.pca = PCAPrior.fit(bank, config.components, seed=config.seed)
+        # A bank of N LoRAs has at most N - 1 components: the saved prior says how many it holds.
+        prior.config = replace(config, components=len(prior.pca.sigmas))
     elif isinstance(prior, LatentPrior):
         if vae_from is None:
             _train_vae(prior, bank, stage)
