@@ -39,9 +39,9 @@ from autolora.synthesis.config import PriorConfig
 from autolora.synthesis.prior import load_prior
 from autolora.synthesis.synth import synthesize
 from autolora.synthesis.training import train_prior
-from autolora.world.assets import available_loras, lora_info, lora_path
+from autolora.world.assets import lora_info, lora_path
 from autolora.world.evaluators import load_evaluators
-from autolora.world.styles import sample_style
+from autolora.world.styles import STYLES, sample_style
 
 
 class WorldStyleEncoder:
@@ -59,7 +59,8 @@ register_encoder("world-style", WorldStyleEncoder)
 
 
 def world_loras() -> list[str]:
-    return [name for name in available_loras() if not name.endswith("-kohya")]
+    """The world's LoRA of each named style: no format twins, no training-length checkpoints."""
+    return [name for name, style in STYLES.items() if style.kind != "base"]
 
 
 def make_mixtures(folder: Path, count: int, refs: int, seed: int) -> None:
