@@ -41,8 +41,9 @@ from autolora.guidance import cfg
 from autolora.metrics.diversity import diversity
 from autolora.provenance import git_revision, package_versions
 from autolora.stats import format_mean_ci95
-from autolora.world.assets import WORLD_CFG, available_loras, lora_info
+from autolora.world.assets import WORLD_CFG, lora_info
 from autolora.world.evaluators import load_evaluators
+from autolora.world.study import style_loras
 from autolora.world.styles import DIGIT_NAMES
 
 FULL = "AutoLoRA batched"
@@ -347,7 +348,7 @@ def _cost_lines(table: dict[str, dict[str, Any]], images: int) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    styles = [name for name in available_loras() if lora_info(name).kind == "style" and "kohya" not in name]
+    styles = style_loras()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loras", nargs="+", default=styles, help="world LoRAs (default: every style LoRA)")
     parser.add_argument("--digits", nargs="+", type=int, default=[0, 2, 3, 5, 7])
