@@ -92,12 +92,17 @@ DIVERSITY, STYLE, DIGIT = "diversity", "style_score", "digit_score"
 _SUMMARY_COLUMNS = ("metric", "mean", "ci_low", "ci_high", "n", "over")
 
 
+def _axes(summary: pd.DataFrame) -> list[str]:
+    """The swept settings' columns of a (per-LoRA or pooled) summary."""
+    return [c for c in summary.columns if c not in (*_SUMMARY_COLUMNS, "lora", "variant")]
+
+
 def setting_means(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (lora, setting): the setting's values, and the mean of each metric; ``setting`` labels
     the variant and its values."""
     from autolora.experiments.report import setting_label
 
-    axes = [c for c in summary.columns if c not in (*_SUMMARY_COLUMNS, "lora", "variant")]
+    axes = _axes(summary)
     cells = summary[["variant", *axes]].itertuples(index=False, name=None)
     frame = summary.assign(setting=[setting_label(axes, cell) for cell in cells])
     means = frame.pivot_table(index=["lora", "setting"], columns="metric", values="mean", sort=False)
@@ -184,7 +189,7 @@ def pooled_summary(summary: pd.DataFrame, loras: Sequence[str]) -> pd.DataFrame:
     from autolora.stats import mean_ci95
 
     frame = summary[summary["lora"].isin(loras)]
-    keys = [c for c in frame.columns if c not in (*_SUMMARY_COLUMNS, "lora") or c == "metric"]
+    keys = ["variant", *_axes(frame), "metric"]
     rows = []
     for cell, group in frame.groupby(keys, dropna=False, sort=False):
         mean, low, high = mean_ci95(group["mean"].to_numpy())
@@ -223,7 +228,7 @@ def map_report(out: str | Path) -> list[Path]:
     report.mkdir(exist_ok=True)
     pooled_names = [name for name in POOLED_LORAS if name in present]
     pooled = pooled_summary(summary, pooled_names)
-    axes = [c for c in pooled.columns if c not in (*_SUMMARY_COLUMNS, "variant")]
+    axes = _axes(pooled)
     figures = pareto_plots(pooled, axes, report)
     pooled_means = means[means["lora"].isin(pooled_names)]
     floor = default_digit_floor(pooled_means)
@@ -285,9 +290,7 @@ def _pooled_table(pooled: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
         setting=[
             setting_label(axes, c) for c in pooled[["variant", *axes]].itertuples(index=False, name=None)
         ],
-        text=[
-            f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in pooled[["mean", "ci_low", "ci_high"]].to_numpy()
-        ],
+        text=[_interval_text(*row) for row in pooled[["mean", "ci_low", "ci_high"]].to_numpy()],
     )
     table = cells.pivot_table(index="setting", columns="metric", values="text", aggfunc="first", sort=False)
     return table.reset_index()

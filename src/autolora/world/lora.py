@@ -353,9 +353,9 @@ def train_checkpoints(
     files = {n: out_dir / f"{name}-{n}steps.safetensors" for n in steps}
     known = {field.name for field in fields(LoRATrainingConfig)}
     config = LoRATrainingConfig(
-        **{key: value for key, value in train.items() if key in known},
+        **{key: value for key, value in train.items() if key in known}
+        | {"steps": max(steps), "target_modules": tuple(train["target_modules"])}
     )
-    config = replace(config, steps=max(steps), target_modules=tuple(config.target_modules))
     samples = sample_style(name, train["images"], train["data_seed"])
     result = train_lora(
         pipeline,
