@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 
 from autolora.provenance import git_revision, package_versions
 from autolora.synthesis.bank import Bank, build_bank
-from autolora.synthesis.canonical import canonical_vector, read_lora_modules
+from autolora.synthesis.canonical import lora_vector, read_lora_modules
 from autolora.synthesis.conditions import register_encoder
 from autolora.synthesis.config import PriorConfig
 from autolora.synthesis.prior import load_prior
@@ -136,7 +136,7 @@ def main() -> None:
         rows.append((name, timing["wall"], timing["cpu"]))
     # 3. Images -> file, and whether the result is nearest to the style's own shipped LoRA.
     names = world_loras()
-    shipped = torch.stack([canonical_vector(bank.layout, read_lora_modules(lora_path(n))) for n in names])
+    shipped = torch.stack([lora_vector(bank.layout, read_lora_modules(lora_path(n))) for n in names])
     shipped = torch.nn.functional.normalize(bank.normalize(shipped), dim=-1)
     speed, nearest = [], []
     for name, prior in priors.items():

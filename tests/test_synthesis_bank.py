@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 from synthesis_fixtures import RANKS, save_tiny_base, write_lora_folder
 
-from autolora.errors import IncompatibleLoRAError, InputFileError
+from autolora.errors import ConfigError, IncompatibleLoRAError, InputFileError
 from autolora.synthesis.bank import Bank, build_bank
 from autolora.synthesis.canonical import Layout, canonicalize, read_lora_modules
 from autolora.testing import random_lora_state_dict, tiny_pipeline
@@ -104,20 +104,20 @@ def test_bank_build_resumes_after_the_recorded_rows(world, tmp_path, monkeypatch
     first = build_bank(loras, str(base), 4, tmp_path / "full")
     monkeypatch.setattr(bank_module, "CHUNK", 2)
     calls = []
-    original = bank_module.canonical_vector
+    original = bank_module.lora_vector
 
-    def failing(layout, modules):
+    def failing(layout, modules, name):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(layout, modules)
+        return original(layout, modules, name)
 
-    monkeypatch.setattr(bank_module, "canonical_vector", failing)
+    monkeypatch.setattr(bank_module, "lora_vector", failing)
     with pytest.raises(KeyboardInterrupt):
         build_bank(loras, str(base), 4, tmp_path / "resumed")
     assert json.loads((tmp_path / "resumed" / "bank.json").read_text())["done"] == 2
     calls.clear()
-    monkeypatch.setattr(bank_module, "canonical_vector", original)
+    monkeypatch.setattr(bank_module, "lora_vector", original)
     resumed = build_bank(loras, str(base), 4, tmp_path / "resumed")
     assert torch.equal(resumed.rows(slice(None)), first.rows(slice(None)))
 
@@ -157,3 +157,35 @@ def test_world_loras_build_a_bank_where_the_kohya_twin_equals_its_original(tmp_p
     original, twin = rows[names.index("outline.safetensors")], rows[names.index("outline-kohya.safetensors")]
     assert torch.allclose(original, twin, atol=1e-6)
     assert not torch.allclose(original, rows[names.index("neon.safetensors")], atol=1e-3)
+
+
+def test_raw_bank_keeps_each_lora_s_own_factors_zero_padded(world, tmp_path):
+    base, _, loras, _ = world
+    bank = build_bank(loras, str(base), max(RANKS), tmp_path / "raw", factors="raw")
+    reopened = Bank.open(tmp_path / "raw")
+    assert reopened.layout.factors == "raw"
+    for row, source in enumerate(sorted(loras.iterdir())):
+        state = bank.layout.unflatten(bank.rows([row], normalized=False)[0])
+        for module, (a, b) in read_lora_modules(source).items():
+            rank = a.shape[0]
+            assert torch.equal(state[f"{module}.lora_A.weight"][:rank], a)
+            assert torch.equal(state[f"{module}.lora_B.weight"][:, :rank], b)
+            assert not state[f"{module}.lora_A.weight"][rank:].any()
+            assert not state[f"{module}.lora_B.weight"][:, rank:].any()
+
+
+def test_raw_bank_refuses_a_lora_above_its_rank_naming_it(world, tmp_path):
+    base, _, loras, _ = world
+    with pytest.raises(
+        IncompatibleLoRAError, match=r"lora3\.safetensors has rank 8 .* above the bank's rank 4"
+    ):
+        build_bank(loras, str(base), 4, tmp_path / "raw", factors="raw")
+
+
+def test_layout_records_its_factor_form_and_reads_older_layouts_as_canonical():
+    raw = Layout("tiny", 2, {"unet.a": (3, 4)}, "raw")
+    assert Layout.from_json(json.loads(json.dumps(raw.to_json()))) == raw
+    older = {k: v for k, v in raw.to_json().items() if k != "factors"}
+    assert Layout.from_json(older).factors == "canonical"
+    with pytest.raises(ConfigError, match="factors must be one of canonical, raw"):
+        Layout("tiny", 2, {"unet.a": (3, 4)}, "svd")

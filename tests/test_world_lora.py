@@ -192,3 +192,35 @@ def test_train_lora_cli_writes_a_checkpoint_every_n_steps(random_world, tmp_path
     assert main(["world", "train-lora", str(images), str(out), *options, "--save-every", "2"]) == 0
     written = sorted(path.name for path in tmp_path.glob("*.safetensors"))
     assert written == ["lora-2steps.safetensors", "lora-4steps.safetensors", "lora.safetensors"]
+
+
+def test_train_bank_init_seed_starts_every_lora_from_one_initialisation(random_world, tmp_path):
+    from safetensors.torch import load_file
+
+    from autolora.cli import main
+
+    options = ["--base", str(random_world), "--steps", "1", "--batch-size", "1", "--images", "1"]
+    options += ["--learning-rate", "1e-7"]  # one tiny step: the factors stay at their initial values
+    for folder, extra in (("shared", ["--init-seed", "5"]), ("own", [])):
+        assert (
+            main(
+                [
+                    "world",
+                    "train-bank",
+                    str(tmp_path / folder),
+                    "--styles",
+                    "random-3",
+                    "neon",
+                    *options,
+                    *extra,
+                ]
+            )
+            == 0
+        )
+    first, second = (load_file(str(tmp_path / "shared" / f"{n}.safetensors")) for n in ("random-3", "neon"))
+    down = [key for key in first if "lora_A" in key or "lora.down" in key]
+    assert down and all(torch.allclose(first[key], second[key], atol=1e-5) for key in down)
+    own = (load_file(str(tmp_path / "own" / f"{n}.safetensors")) for n in ("random-3", "neon"))
+    assert not torch.allclose(*(state[down[0]] for state in own), atol=1e-3)
+    index = json.loads((tmp_path / "shared" / "index.json").read_text())
+    assert {entry["training"]["seed"] for entry in index.values()} == {5}

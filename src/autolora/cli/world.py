@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     styles.add_argument("--styles", nargs="+", help="style names: named styles or random-<seed>")
     styles.add_argument("--random", type=int, metavar="N", help="the random styles random-0 .. random-<N-1>")
     bank.add_argument("--images", type=int, default=24, help="renders per LoRA (default: %(default)s)")
+    bank.add_argument(
+        "--init-seed",
+        type=int,
+        metavar="S",
+        help="initialise every LoRA from seed S (a bank for a prior over raw factors); default: one seed per style",
+    )
     _add_lora_options(bank)
     return parser
 
@@ -110,6 +116,6 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         get_style(name)
     pipeline = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None)
-    index = train_lora_bank(pipeline, names, args.out, config, args.images, args.seed)
+    index = train_lora_bank(pipeline, names, args.out, config, args.images, args.seed, args.init_seed)
     print(f"{args.out}: {len(index)} of {len(names)} LoRAs trained (index.json)")
     return 0

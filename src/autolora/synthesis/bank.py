@@ -1,6 +1,7 @@
-"""A bank of canonical LoRAs of one base model, stored memory-mapped so it streams from disk.
+"""A bank of LoRAs of one base model, stored memory-mapped so it streams from disk.
 
-A bank folder holds ``weights.npy`` (N x D float32, raw canonical vectors, read through
+A bank folder holds ``weights.npy`` (N x D float32, each LoRA's flat vector in the layout's factor
+form, canonical or raw, read through
 ``numpy.memmap``), ``bank.json`` (the layout, per-segment standard deviations, the LoRA names and
 build progress) and, when built with a condition encoder, ``conditions.npy`` (N x C). Priors see
 *normalised* vectors: each segment divided by its standard deviation over the bank, as in
@@ -20,7 +21,7 @@ from PIL import Image
 
 from autolora.errors import ConfigError, IncompatibleLoRAError, InputFileError
 from autolora.images import atomic_write_bytes
-from autolora.synthesis.canonical import Layout, canonical_vector, read_lora_modules
+from autolora.synthesis.canonical import FactorForm, Layout, lora_vector, read_lora_modules
 
 LORA_SUFFIXES = (".safetensors",)
 #: Rows written between two progress records while building (a resumed build redoes at most these).
@@ -116,11 +117,11 @@ class Bank:
         return self.stds[self.layout.segment_ids()]
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
-        """Raw canonical vectors -> the normalised space priors work in."""
+        """Unnormalised LoRA vectors -> the normalised space priors work in."""
         return raw / self.scale
 
     def denormalize(self, normalized: torch.Tensor) -> torch.Tensor:
-        """Normalised vectors -> raw canonical vectors (what ``Layout.unflatten`` takes)."""
+        """Normalised vectors -> unnormalised LoRA vectors (what ``Layout.unflatten`` takes)."""
         return normalized * self.scale
 
     def rows(self, index: Sequence[int] | slice, *, normalized: bool = True) -> torch.Tensor:
@@ -143,9 +144,11 @@ def build_bank(
     encoder: str | None = None,
     references: Callable[[Path], Sequence[Image.Image | Path]] | None = None,
     exclude: Collection[str] = (),
+    factors: FactorForm = "canonical",
     log: Callable[[str], None] = lambda _: None,
 ) -> Bank:
-    """Canonicalise every LoRA under ``lora_dir`` into a bank at ``out`` (resumable).
+    """Every LoRA under ``lora_dir`` as a row of a bank at ``out`` (resumable), its factors
+    canonicalised or, with ``factors="raw"``, as trained (for LoRAs of one shared initialisation).
 
     Every file is checked against ``base`` first (modules and shapes, from its config), so a LoRA of
     another base model is refused before any work. With ``encoder`` (a condition encoder spec, see
@@ -165,11 +168,11 @@ def build_bank(
         shapes = {m: (b.shape[0], a.shape[1]) for m, (a, b) in read_lora_modules(source).items()}
         check_fits_base(source.name, shapes, base_shapes, base)
         used.update(shapes)
-    layout = Layout(base, rank, used)
+    layout = Layout(base, rank, used, factors)
     image_sets = None
     if encoder:
         image_sets = [list(references(s)) for s in sources] if references else _image_sets(sources)
-    # 2. Canonical vectors into the memory-mapped matrix, resuming after the last recorded chunk.
+    # 2. Flat vectors into the memory-mapped matrix, resuming after the last recorded chunk.
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "layout": layout.to_json(),
@@ -193,12 +196,13 @@ def build_bank(
     else:
         weights = np.lib.format.open_memmap(weights_file, mode="w+", dtype=np.float32, shape=shape)
     for index in range(meta["done"], len(sources)):
-        weights[index] = canonical_vector(layout, read_lora_modules(sources[index])).numpy()
+        source = sources[index]
+        weights[index] = lora_vector(layout, read_lora_modules(source), source.name).numpy()
         if (index + 1) % CHUNK == 0 or index + 1 == len(sources):
             weights.flush()
             meta["done"] = index + 1
             atomic_write_bytes(meta_file, json.dumps(meta).encode())
-            log(f"canonicalised {index + 1}/{len(sources)} LoRAs")
+            log(f"read {index + 1}/{len(sources)} LoRAs")
     # 3. Per-segment standard deviations, streamed over the rows (zero segments keep std 1).
     meta["stds"] = _segment_stds(weights, layout).tolist()
     if image_sets is not None:

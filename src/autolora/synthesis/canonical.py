@@ -9,6 +9,12 @@ the largest entry of ``U``'s column is positive, and zero-padded when the LoRA's
 ``R``. The result always has scale 1 (``alpha = R``).
 
 A canonical LoRA is flattened in sorted module order, A before B, each factor one *segment*.
+
+The canonical form makes LoRAs of unrelated initialisations comparable, but only as far as their
+updates are: two world LoRAs of one style trained from different initial factors have updates of
+cosine 0.09, and the SVD's basis within a rank-``R`` subspace turns with small changes of the update.
+LoRAs trained from one shared initialisation (``autolora world train-bank --init-seed``) differ only
+by what training put into them: their *raw* factors compare directly (factors ``"raw"``, no SVD).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -27,6 +34,9 @@ from autolora.lora import check_lora_source
 
 #: A LoRA module's factors: ``(A, B)`` with ``A`` of shape (rank, in) and ``B`` of shape (out, rank).
 Factors = tuple[torch.Tensor, torch.Tensor]
+#: How a bank stores each module's factors: canonicalised (any LoRAs), or as trained (one shared init).
+FactorForm = Literal["canonical", "raw"]
+FACTOR_FORMS: tuple[str, ...] = ("canonical", "raw")
 
 
 def read_lora_modules(source: str | Path) -> dict[str, Factors]:
@@ -134,19 +144,23 @@ def canonicalize(down: torch.Tensor, up: torch.Tensor, rank: int) -> Factors:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each module's canonical factors sit in a flat LoRA vector.
+    """Where each module's factors sit in a flat LoRA vector, and which form they take.
 
     ``modules`` maps ``"unet.<module>"`` to its ``(out_features, in_features)``; segments follow in
-    sorted module order, ``A`` (rank x in) then ``B`` (out x rank).
+    sorted module order, ``A`` (rank x in) then ``B`` (out x rank). ``factors`` is ``"canonical"``
+    (``canonicalize``) or ``"raw"`` (each LoRA's own factors, zero-padded to ``rank``).
     """
 
     base: str
     rank: int
     modules: dict[str, tuple[int, int]]
+    factors: FactorForm = "canonical"
 
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ConfigError(f"LoRA bank rank must be at least 1, got {self.rank}")
+        if self.factors not in FACTOR_FORMS:
+            raise ConfigError(f"factors must be one of {', '.join(FACTOR_FORMS)}, got {self.factors!r}")
         object.__setattr__(self, "modules", {k: tuple(self.modules[k]) for k in sorted(self.modules)})
 
     @cached_property
@@ -207,13 +221,29 @@ class Layout:
             "base": self.base,
             "rank": self.rank,
             "modules": {k: list(v) for k, v in self.modules.items()},
+            "factors": self.factors,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Layout:
-        return cls(data["base"], int(data["rank"]), {k: tuple(v) for k, v in data["modules"].items()})
+        modules = {k: tuple(v) for k, v in data["modules"].items()}
+        return cls(data["base"], int(data["rank"]), modules, data.get("factors", "canonical"))
 
 
-def canonical_vector(layout: Layout, modules: dict[str, Factors]) -> torch.Tensor:
-    """The flat canonical vector of a LoRA read by ``read_lora_modules``."""
-    return layout.flatten({name: canonicalize(a, b, layout.rank) for name, (a, b) in modules.items()})
+def lora_vector(layout: Layout, modules: dict[str, Factors], name: str = "LoRA") -> torch.Tensor:
+    """The flat vector of a LoRA read by ``read_lora_modules``, its factors in the layout's form."""
+    if layout.factors == "canonical":
+        return layout.flatten({m: canonicalize(a, b, layout.rank) for m, (a, b) in modules.items()})
+    padded = {}
+    for module, (a, b) in modules.items():
+        rank = a.shape[0]
+        if rank > layout.rank:
+            raise IncompatibleLoRAError(
+                f"{name} has rank {rank} at {module}, above the bank's rank {layout.rank}; raw factors "
+                "cannot be truncated (build a canonical bank, or one of a higher rank)"
+            )
+        padded[module] = (
+            torch.nn.functional.pad(a.float(), (0, 0, 0, layout.rank - rank)),
+            torch.nn.functional.pad(b.float(), (0, layout.rank - rank)),
+        )
+    return layout.flatten(padded)

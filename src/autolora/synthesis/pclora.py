@@ -2,7 +2,7 @@
 
 ethansmith2000/AutoLoRADiscovery learns only mixing coefficients over bank LoRAs; weights2weights
 inverts an image by optimising its PC coefficients. Both are ``vector = offset + Σ_k c_k · basis_k``
-in raw canonical space with the basis either bank rows (``offset = 0``) or scaled principal
+in unnormalised LoRA space with the basis either bank rows (``offset = 0``) or scaled principal
 components (``offset`` = the bank mean), and the coefficients shared by the whole LoRA
 (``"global"``), one set per module (``"layer"``) or one per factor (``"factor"``).
 """
@@ -65,7 +65,7 @@ class CoefficientLoRA(nn.Module):
         )
 
     def vector(self) -> torch.Tensor:
-        """The current raw canonical LoRA vector."""
+        """The current unnormalised LoRA vector."""
         return self.offset + (self.coefficients[:, self.groups] * self.basis).sum(0)
 
 

@@ -76,7 +76,7 @@ class Prior(nn.Module):
         seed: int = 0,
         guidance: float = 1.0,
     ) -> torch.Tensor:
-        """``(num_samples, D)`` raw canonical LoRA vectors (``layout.unflatten`` makes each a state dict)."""
+        """``(num_samples, D)`` unnormalised LoRA vectors (``layout.unflatten`` makes each a state dict)."""
         if self.conditional:
             if condition is None:
                 raise ConfigError(f"the {self.kind} prior needs a condition (reference images)")

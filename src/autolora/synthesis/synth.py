@@ -48,7 +48,7 @@ def write_lora(
     kohya: bool = False,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write a raw canonical LoRA vector as a diffusers/PEFT (or kohya) safetensors file."""
+    """Write a unnormalised LoRA vector as a diffusers/PEFT (or kohya) safetensors file."""
     state = layout.unflatten(vector.detach().float().cpu())
     if kohya:
         state = to_kohya_state_dict(state)

@@ -305,11 +305,14 @@ def train_lora_bank(
     config: LoRATrainingConfig,
     images: int,
     seed: int,
+    init_seed: int | None = None,
 ) -> dict[str, dict]:
     """One LoRA per style (named or ``random-<seed>``) into ``out_dir``, described in ``index.json``.
 
     Style ``i`` of the list trains on ``images`` renders drawn with seed ``seed + 100 + i`` and
-    initialises its LoRA with seed ``seed + i``. Each finished LoRA leaves ``<name>.json`` beside its
+    initialises its LoRA with seed ``seed + i``, or with ``init_seed`` for every style: LoRAs of one
+    initialisation differ only by what training put in them, so a prior can compare them factor by
+    factor (``build_bank(..., canonical=False)``). Each finished LoRA leaves ``<name>.json`` beside its
     file, so a rerun skips it (resumable); a style being trained is claimed by ``<name>.lock``, so
     several processes can train one bank in parallel. Returns the index of every finished LoRA.
     """
@@ -318,7 +321,7 @@ def train_lora_bank(
         entry_path, lock = out_dir / f"{name}.json", out_dir / f"{name}.lock"
         if entry_path.exists() or not _claim(lock):
             continue
-        lora_config = replace(config, seed=seed + offset)
+        lora_config = replace(config, seed=seed + offset if init_seed is None else init_seed)
         entry = _train_bank_entry(pipeline, name, out_dir, lora_config, images, seed + 100 + offset)
         training.write_json(entry_path, entry)
         lock.unlink()
