@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 from dataclasses import replace
 
@@ -123,6 +124,21 @@ def test_study_writes_every_cell_table_and_grid_then_resumes_without_recomputing
 
     with pytest.raises(ConfigError, match="other settings"):
         Study(bank, out, replace(config, images=3))
+
+
+def test_workers_share_a_study_by_claiming_held_out_styles(inputs):
+    root, bank = inputs
+    out = root / "shared"
+    (out / "loras").mkdir(parents=True)
+    (out / "loras" / "random-8.lock").write_text(str(os.getpid()))  # a live worker holds random-8
+    config = tiny_config(held_out=[HELD_OUT, "random-8"], pclora_steps=(1,))
+    first = Study(bank, out, config).run()
+    assert set(first["style"]) == {HELD_OUT}
+    assert (out / "loras" / "random-8.lock").exists() and not (out / "loras" / f"{HELD_OUT}.lock").exists()
+    (out / "loras" / "random-8.lock").unlink()  # that worker is gone: the next run takes random-8 over
+    second = Study(bank, out, config).run()
+    assert set(second["style"]) == {HELD_OUT, "random-8"}
+    assert second[second["style"] == HELD_OUT].equals(first)
 
 
 def test_study_refuses_held_out_styles_in_the_bank_and_unconditional_priors(inputs):

@@ -44,6 +44,7 @@ from autolora.images import atomic_write_bytes
 from autolora.synthesis.bank import Bank
 from autolora.synthesis.conditions import ConditionEncoder, condition_of, load_encoder
 from autolora.synthesis.prior import load_prior
+from autolora.workers import claim
 from autolora.world.assets import ASSETS_DIR
 
 #: The two ways each LoRA is sampled: LoRA + CFG, and AutoLoRA guidance on top.
@@ -198,8 +199,7 @@ class Study:
             raise ConfigError(
                 f"{self.out} holds a study with other settings; choose another --out or delete it"
             )
-        self.out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=2) + "\n")
+        atomic_write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())
 
     @property
     def pipe(self) -> Any:
@@ -259,14 +259,26 @@ class Study:
 
     # The run --------------------------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
-        """Every missing cell, then the table and the grid; returns all results."""
+        """Every missing cell, then the table and the grid; returns all results.
+
+        Several processes can run the same study at once (one per core): each claims a held-out style
+        with ``loras/<style>.lock`` and skips the styles other live workers hold.
+        """
         held_out = self.config.held_out
         data = {name: self.style_data(name) for name in held_out}
+        (self.out / "loras").mkdir(parents=True, exist_ok=True)
         for index, name in enumerate(held_out):
+            lock = self.out / "loras" / f"{name}.lock"
+            if not claim(lock):
+                self.log(f"{name}: another worker is on it")
+                continue
             partner = data[held_out[(index + 1) % len(held_out)]] if len(held_out) > 1 else None
-            self._run_style(data[name], partner)
+            try:
+                self._run_style(data[name], partner)
+            finally:
+                lock.unlink(missing_ok=True)
         results = read_results(self.results_file)
-        (self.out / "table.md").write_text(markdown(results, self.config) + "\n")
+        atomic_write_bytes(self.out / "table.md", (markdown(results, self.config) + "\n").encode())
         self.grid(data).save(self.out / "grid.png")
         return results
 

@@ -11,7 +11,6 @@ dataset layouts: Hugging Face ``imagefolder`` (``metadata.jsonl`` with ``file_na
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -29,6 +28,7 @@ from autolora.errors import ConfigError, InputFileError
 from autolora.images import IMAGE_SUFFIXES
 from autolora.lora import to_kohya_state_dict
 from autolora.training import Schedule, StageResult, run_stage
+from autolora.workers import claim
 from autolora.world import training
 from autolora.world.lora_config import LoRATrainingConfig
 from autolora.world.styles import STYLES, Sample, get_style, sample_style
@@ -240,30 +240,6 @@ def world_lora_prompt(style_name: str) -> str:
     return f"a {style.trigger}" if style.kind == "character" else f"a seven in {style.trigger} style"
 
 
-def _claim(lock: Path) -> bool:
-    """Create ``lock`` holding this process's id; False while another live process holds it.
-
-    A lock left by a process that no longer runs (a crashed worker) is taken over.
-    """
-    try:
-        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        holder = lock.read_text().strip()
-        if not holder:  # its writer has not written its id yet
-            return False
-        try:
-            os.kill(int(holder), 0)  # signal 0 only asks whether the process exists
-            return False
-        except ProcessLookupError:
-            lock.unlink(missing_ok=True)
-            return _claim(lock)
-        except PermissionError:  # it exists, under another user
-            return False
-    with os.fdopen(descriptor, "w") as file:
-        file.write(str(os.getpid()))
-    return True
-
-
 def _train_bank_entry(
     pipeline: StableDiffusionPipeline,
     name: str,
@@ -319,7 +295,7 @@ def train_lora_bank(
     out_dir.mkdir(parents=True, exist_ok=True)
     for offset, name in enumerate(style_names):
         entry_path, lock = out_dir / f"{name}.json", out_dir / f"{name}.lock"
-        if entry_path.exists() or not _claim(lock):
+        if entry_path.exists() or not claim(lock):
             continue
         lora_config = replace(config, seed=seed + offset if init_seed is None else init_seed)
         entry = _train_bank_entry(pipeline, name, out_dir, lora_config, images, seed + 100 + offset)
