@@ -10,20 +10,13 @@ run of a process also loads the world's evaluators; each run starts a new study 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from autolora import load_pipeline
 from autolora.app.engine import Engine, TuneControls
-from autolora.provenance import git_revision, package_versions
+from autolora.provenance import BenchmarkRun, publish
 
 
 def main() -> None:
@@ -34,6 +27,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the table here too")
     args = parser.parse_args()
+    run = BenchmarkRun()
 
     engine = Engine(load_pipeline("world"), model="world", out=Path(tempfile.mkdtemp(prefix="app-tune-")))
     defaults = TuneControls(lora=args.lora, prompts=(args.prompt,))
@@ -50,10 +44,7 @@ def main() -> None:
     lines = [
         "# The app's Tune tab with its defaults on the miniature world (CPU)",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"{os.cpu_count()} cores visible, torch threads {torch.get_num_threads()} (shared machine, nice)",
-        f"- command: `{shlex.join(['python', *sys.argv])}`; revision {git_revision()}",
-        f"- versions: {package_versions()}",
+        *run.header(),
         f"- search: {defaults.trials} trials x {defaults.seeds} seeds of {args.prompt!r} with {args.lora},"
         f" {args.steps} steps; run 0 also loads the world's evaluators",
         "",
@@ -62,10 +53,7 @@ def main() -> None:
         *(f"| {run} | {n} | {images} | {wall:.1f} | {cpu:.1f} |" for run, n, images, wall, cpu in rows),
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,6 @@ The distilled LoRAs are trained first (``autolora.distill``, resumable in ``--wo
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -39,7 +35,7 @@ from autolora import generate, load_lora, load_pipeline
 from autolora.distill import DistillConfig, distill
 from autolora.guidance import cfg
 from autolora.metrics.diversity import diversity
-from autolora.provenance import git_revision, package_versions
+from autolora.provenance import BenchmarkRun, publish
 from autolora.stats import format_mean_ci95
 from autolora.world.assets import WORLD_CFG, lora_info
 from autolora.world.evaluators import load_evaluators
@@ -66,10 +62,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 SECTIONS = ("drift", "overhead", "cost")
 METRICS = ("diversity", "style_score", "digit_score", "pixel_distance")
-
-
-def _load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,18 +267,11 @@ def report(
     table: dict[str, dict[str, Any]] | None,
     prompts: int,
     args: argparse.Namespace,
-    argv: list[str],
-    start_load: str,
+    run: BenchmarkRun,
 ) -> str:
     """The provenance and the tables of the sections that were measured."""
     lines = [
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores; torch threads: {torch.get_num_threads()}",
-        f"- load average (1, 5, 15 min): {start_load} at the start, {_load()} at the end",
-        f"- command: `{shlex.join(['python', 'benchmarks/autolora_cost.py', *argv])}`",
-        f"- versions: python {platform.python_version()}, "
-        + ", ".join(f"{name} {version}" for name, version in package_versions().items())
-        + f", autolora git {git_revision() or 'unknown'}",
+        *run.header(),
         f"- setup: miniature world, LoRAs {', '.join(args.loras)}, digits {args.digits}, "
         f"{args.images} images per prompt (seeds {args.seed}..{args.seed + args.images - 1}), {args.steps} steps, "
         f"gamma {args.gamma}, CFG {WORLD_CFG} in both branches",
@@ -373,7 +358,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    start_load = _load()
+    run = BenchmarkRun(["benchmarks/autolora_cost.py", *argv])
     pipe = load_pipeline("world")
     load_lora(pipe, f"world:{args.loras[0]}")
     prompts = [f"a {DIGIT_NAMES[d]} in {lora_info(args.loras[0]).trigger} style" for d in args.digits]
@@ -383,10 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     # The raw measurements, so that the report can be written again without measuring again.
     torch.save({"drift": drift, "own": own, "table": table, "prompts": count}, args.work / "measurements.pt")
-    text = report(drift, own, table, count, args, argv, start_load)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    publish(report(drift, own, table, count, args, run), args.out)
 
 
 if __name__ == "__main__":

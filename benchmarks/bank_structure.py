@@ -20,19 +20,14 @@ weights share. Three measurements, on the miniature world's trainer (500 steps o
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import re
-import shlex
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from autolora.provenance import git_revision, package_versions
+from autolora.provenance import BenchmarkRun, publish
 from autolora.stats import mean_ci95
 from autolora.synthesis.bank import Bank
 from autolora.synthesis.canonical import Factors, canonicalize, read_lora_modules
@@ -186,14 +181,12 @@ def main() -> None:
     parser.add_argument("--bank", type=Path, help="a raw-factor bank of one initialisation, with conditions")
     parser.add_argument("--out", type=Path, help="write the report here too")
     args = parser.parse_args()
+    run = BenchmarkRun()
     loras = train_pair_loras(args.work)
     lines = [
         "# Weight-space structure of world LoRAs",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"{os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}",
-        f"- command: `{shlex.join(['python', *sys.argv])}`; revision {git_revision()}",
-        f"- versions: {package_versions()}",
+        *run.header(),
         "",
         "## Pairs of LoRAs: cosine over all modules",
         "",
@@ -207,10 +200,7 @@ def main() -> None:
         lines += group_rows(bank, loras)
         lines += ["", "## Leave-one-out prediction of a bank LoRA from its condition", ""]
         lines += ridge_rows(bank, ((1.0, 1.0), (2.0, 1.0), (2.0, 0.1), (4.0, 1.0)))
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

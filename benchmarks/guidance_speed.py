@@ -13,12 +13,7 @@ percentage of one LoRA+CFG denoising step.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +37,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from autolora import default_cfg_scale, generate, load_lora
 from autolora.branches import BranchSwitcher, pipeline_modules
-from autolora.provenance import git_revision, package_versions
+from autolora.provenance import BenchmarkRun, publish
 from autolora.world.tokenizer import build_clip_tokenizer
 
 # The released UNet configurations (stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0).
@@ -345,33 +340,13 @@ def overhead_line(results: dict[str, Measurement]) -> str:
     return f"Overhead against the pipeline's own call (target <= 3 %): {', '.join(parts)}."
 
 
-def _load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def provenance(args: argparse.Namespace, argv: list[str], start_load: str) -> str:
-    """Machine, date, command, versions and load: what is needed to read and repeat the numbers."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line)
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        pass
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
-    return "\n".join(
-        [
-            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-            f"- machine: {cpu}, {device}; torch threads: {torch.get_num_threads()}",
-            f"- load average (1, 5, 15 min): {start_load} at the start, {_load()} at the end",
-            f"- command: `{shlex.join(['python', 'benchmarks/guidance_speed.py', *argv])}`",
-            f"- versions: python {platform.python_version()}, "
-            + ", ".join(f"{name} {version}" for name, version in package_versions().items())
-            + f", autolora git {git_revision() or 'unknown'}",
-            f"- setup: {args.arch} UNet (full architecture, random weights), tiny text encoder and VAE, "
-            f"{args.latent_size}x{args.latent_size} latents, {args.steps} DDIM steps, batch of 1 image, "
-            f"random rank-{args.rank} LoRA on {', '.join(LORA_TARGETS)}, {args.dtype}, "
-            f"median of {args.repeats} repeats, taken round the methods in turn, after a one-step warm-up",
-        ]
+def setup_line(args: argparse.Namespace) -> str:
+    """What was measured, under the machine and versions of the report's header."""
+    return (
+        f"- setup: {args.arch} UNet (full architecture, random weights), tiny text encoder and VAE, "
+        f"{args.latent_size}x{args.latent_size} latents, {args.steps} DDIM steps, batch of 1 image, "
+        f"random rank-{args.rank} LoRA on {', '.join(LORA_TARGETS)}, {args.dtype}, "
+        f"median of {args.repeats} repeats, taken round the methods in turn, after a one-step warm-up"
     )
 
 
@@ -389,6 +364,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per image (default: 4)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per method (default: 3)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default: 8)")
+    parser.add_argument("--out", type=Path, help="write the report here too")
     parser.add_argument(
         "--variants",
         nargs="+",
@@ -411,7 +387,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    start_load = _load()
+    run = BenchmarkRun(["benchmarks/guidance_speed.py", *argv])
     device = torch.device(args.device)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -424,14 +400,14 @@ def main(argv: list[str] | None = None) -> None:
     step = results[REFERENCE_VARIANT].denoiser_seconds / args.steps
     report = "\n\n".join(
         [
-            provenance(args, argv, start_load),
+            "\n".join([*run.header(args.device), setup_line(args)]),
             results_table(results, args.steps),
             overhead_line(results),
             f"One adapter switch: {switch * 1e3:.2f} ms = {100 * switch / step:.2g} % of one LoRA+CFG "
             f"denoising step ({step:.2f} s).",
         ]
     )
-    print(report)
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import itertools
-import os
-import platform
-import shlex
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from autolora.provenance import git_revision, package_versions
+from autolora.provenance import BenchmarkRun, publish
 from autolora.synthesis.conditions import ConditionEncoder, condition_of, load_encoder
 from autolora.world.evaluators import load_evaluators
 from autolora.world.style_encoder import (
@@ -185,6 +180,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="render seed (the stage's own report used 0)")
     parser.add_argument("--out", type=Path, help="write the report here too")
     args = parser.parse_args()
+    run = BenchmarkRun()
 
     encoders: list[ConditionEncoder] = [load_encoder(args.encoder), ClassifierLogits(), DiversityFeatures()]
     groups = {
@@ -195,10 +191,7 @@ def main() -> None:
     lines = [
         "# Style retrieval on held-out styles of the miniature world",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"{os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}",
-        f"- command: `{shlex.join(['python', *sys.argv])}`; revision {git_revision()}",
-        f"- versions: {package_versions()}",
+        *run.header(),
         f"- gallery: 8 renders of training digits per style; queries: {args.queries} sets (the largest group:"
         " 1) of k renders of held-out digits per style and k; mean [95 % bootstrap interval over styles]",
         "",
@@ -219,10 +212,7 @@ def main() -> None:
     lines += confusions(encoders[0], sets[large])
     lines += ["", "## What it cannot see: styles and their one-attribute twins (seeds 10,000 ..)", ""]
     lines += twin_rows(encoders, args.twins, args.queries, args.seed)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,9 @@ the result follows its condition, the synthesised LoRA of each style's renders i
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from autolora.provenance import git_revision, package_versions
+from autolora.provenance import BenchmarkRun, publish
 from autolora.synthesis.bank import Bank, build_bank
 from autolora.synthesis.canonical import lora_vector, read_lora_modules
 from autolora.synthesis.conditions import register_encoder
@@ -106,6 +102,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synthesis_speed_cpu.md"))
     args = parser.parse_args()
+    run = BenchmarkRun()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
     # 1. A bank of mixtures of the world's LoRAs, with reference renders.
@@ -162,7 +159,7 @@ def main() -> None:
                 (name, k, statistics.median(times), min(times), max(times), statistics.median(cpu_times))
             )
             nearest.append((name, k, hits, len(names)))
-    write_report(args, rows, make_s, bank_s, bank, speed, nearest)
+    write_report(run, args, rows, make_s, bank_s, bank, speed, nearest)
 
 
 def prior_condition(prior, refs):
@@ -171,14 +168,11 @@ def prior_condition(prior, refs):
     return condition_of(load_encoder(prior.encoder), refs)
 
 
-def write_report(args, rows, make_s, bank_s, bank: Bank, speed, nearest) -> None:
+def write_report(run: BenchmarkRun, args, rows, make_s, bank_s, bank: Bank, speed, nearest) -> None:
     lines = [
         "# LoRA synthesis on a world-shaped bank (CPU)",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-        f"{os.cpu_count()} cores visible, torch threads {torch.get_num_threads()} (shared machine, nice)",
-        f"- command: `{shlex.join(['python', *sys.argv])}`; revision {git_revision()}",
-        f"- versions: {package_versions()}",
+        *run.header(),
         f"- bank: {len(bank)} mixtures of the world's {len(world_loras())} LoRAs, rank {bank.layout.rank}, "
         f"{bank.layout.dim} floats per LoRA, {len(bank.layout.segments)} segments; making the LoRAs and "
         f"renders {make_s:.0f} s, `build_bank` {bank_s:.1f} s",
@@ -203,8 +197,7 @@ def write_report(args, rows, make_s, bank_s, bank: Bank, speed, nearest) -> None
         *[f"| {n} | {k} | {h}/{t} |" for n, k, h, t in nearest],
         "",
     ]
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

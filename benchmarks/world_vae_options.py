@@ -12,14 +12,11 @@ held-out digits per named style and on unseen random styles, and the CPU seconds
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
+from autolora.provenance import BenchmarkRun, publish
 from autolora.world import components
 from autolora.world.fidelity import held_out_renders, psnr, reconstruct
 from autolora.world.styles import STYLES, random_style_names
@@ -41,6 +38,7 @@ def main() -> None:
     parser.add_argument("--renders", type=int, default=50, help="held-out renders per style")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args()
+    run = BenchmarkRun()
     named = held_out_renders(list(STYLES), args.renders, seed=7000)
     unseen = held_out_renders(random_style_names(range(20)), 10, seed=9000)
     sets = {**named, "random (unseen)": [s for samples in unseen.values() for s in samples]}
@@ -55,16 +53,8 @@ def main() -> None:
         values = [f"{float(psnr(reconstruct(vae, x), x).mean()):.1f}" for x in pixels.values()]
         lines.append(f"| {label} | {result.cpu_seconds:.0f} | {' | '.join(values)} |")
         print(lines[-1], flush=True)
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        machine = (
-            f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
-        )
-        args.out.write_text(
-            f"# World VAE options, {args.steps} steps each (PSNR dB on held-out renders)\n\n"
-            f"{datetime.date.today()}, {machine}\n\n{table}\n"
-        )
+    title = f"# World VAE options, {args.steps} steps each (PSNR dB on held-out renders)"
+    publish("\n".join([title, "", *run.header(), "", *lines]), args.out)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
+import os
+import platform
+import shlex
 import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 #: The packages whose versions change pixels or numbers.
@@ -36,3 +43,51 @@ def git_revision() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return revision or None
+
+
+def cpu_name() -> str:
+    """The processor's model name (from ``lscpu``), or the architecture where that is unknown."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, timeout=10).stdout
+        return next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line)
+    except (OSError, subprocess.SubprocessError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _load_average() -> str:
+    return ", ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
+@dataclass
+class BenchmarkRun:
+    """Where, when and how a benchmark measured: made when it starts, written at the head of its report.
+
+    The load average is taken at both ends because these numbers are often measured on a shared machine.
+    """
+
+    command: Sequence[str] = field(default_factory=lambda: list(sys.argv))
+    start_load: str = field(default_factory=_load_average)
+
+    def header(self, device: str = "cpu") -> list[str]:
+        """Markdown bullet lines: date, machine, load, command, versions and revision."""
+        import torch  # here, not at the top: ``autolora doctor`` imports this module to report a broken torch
+
+        where = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
+        return [
+            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+            f"- machine: {cpu_name()}, {os.cpu_count()} cores visible; measured on {where}, "
+            f"torch threads {torch.get_num_threads()}",
+            f"- load average (1, 5, 15 min): {self.start_load} at the start, {_load_average()} at the end",
+            f"- command: `{shlex.join(['python', *self.command])}`; revision {git_revision() or 'unknown'}",
+            f"- versions: python {platform.python_version()}, "
+            + ", ".join(f"{name} {version}" for name, version in package_versions().items()),
+        ]
+
+
+def publish(text: str, out: str | Path | None) -> None:
+    """Print a report and, when ``out`` is given, write it there too (ending in one newline)."""
+    text = text.rstrip("\n") + "\n"
+    print(text, end="")
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
