@@ -71,7 +71,7 @@ class StudyConfig:
     renders: int = 64
     #: The trained upper bound's steps; PCLoRA's snapshots; PCA inversion's steps.
     train_steps: int = 500
-    pclora_steps: tuple[int, ...] = (10, 25, 50)
+    pclora_steps: tuple[int, ...] = (10, 25, 50, 200)
     pclora_granularity: str = "layer"
     pclora_learning_rate: float = 1e-2
     inversion_steps: int = 50
