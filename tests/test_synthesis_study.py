@@ -194,6 +194,8 @@ def test_command_line_runs_two_held_out_styles_with_the_swap(inputs, capsys):
                 "1",
                 "--pclora-steps",
                 "1",
+                "--pclora-learning-rate",
+                "0.005",
                 "--inversion-steps",
                 "1",
                 "--prior",
@@ -206,6 +208,7 @@ def test_command_line_runs_two_held_out_styles_with_the_swap(inputs, capsys):
     assert set(results["style"]) == {"random-7", "random-8"}
     assert results.loc[results["method"] != "base", "swap_similarity"].notna().all()
     assert "Condition swap" in capsys.readouterr().out
+    assert json.loads((out / "study.json").read_text())["config"]["pclora_learning_rate"] == 0.005
 
 
 def test_bank_build_command_encodes_world_renders_and_excludes_held_out_styles(inputs, capsys):

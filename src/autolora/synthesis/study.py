@@ -73,7 +73,7 @@ class StudyConfig:
     train_steps: int = 500
     pclora_steps: tuple[int, ...] = (10, 25, 50, 200)
     pclora_granularity: str = "layer"
-    pclora_learning_rate: float = 1e-2
+    pclora_learning_rate: float = 1e-3
     inversion_steps: int = 50
     seed: int = 0
     priors: dict[str, str] = field(default_factory=dict)
@@ -661,6 +661,12 @@ def main(argv: list[str] | None = None) -> int:
         "--train-steps", type=int, default=defaults.train_steps, help="steps of the trained LoRA"
     )
     parser.add_argument("--pclora-steps", type=int, nargs="+", default=list(defaults.pclora_steps))
+    parser.add_argument(
+        "--pclora-learning-rate",
+        type=float,
+        default=defaults.pclora_learning_rate,
+        help="PCLoRA's Adam step size (the coefficients start at 1 / bank size)",
+    )
     parser.add_argument("--inversion-steps", type=int, default=defaults.inversion_steps)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -680,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         renders=args.renders,
         train_steps=args.train_steps,
         pclora_steps=args.pclora_steps,
+        pclora_learning_rate=args.pclora_learning_rate,
         inversion_steps=args.inversion_steps,
         seed=args.seed,
         priors=dict(map(_prior_argument, args.prior)),
