@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from autolora.stats import format_mean_ci95, mean_ci95
+from autolora.stats import format_ci95, format_mean_ci95, mean_ci95, ratio_of_means_ci95
 
 
 def test_mean_ci95_is_a_reproducible_bootstrap_around_the_mean():
@@ -29,3 +29,16 @@ def test_missing_values_are_left_out_and_the_text_form_rounds_the_same_interval(
     mean, low, high = mean_ci95(np.array(values))
     assert format_mean_ci95(values) == f"{mean:.3f} [{low:.3f}, {high:.3f}]"
     assert low <= 0.4375 <= high
+
+
+def test_ratio_of_means_resamples_pairs_and_survives_a_near_zero_denominator():
+    numerators, denominators = [0.5, 0.6, 0.02, 0.7], [0.7, 0.8, 0.001, 0.9]
+    ratio, low, high = ratio_of_means_ci95(numerators, denominators)
+    assert ratio == np.mean(numerators) / np.mean(denominators)
+    assert low < ratio < high < 1  # the mean of per-pair ratios would be 5.5, carried by the 20x pair
+    # Pairs move together: numerators proportional to their denominators give the constant, no spread.
+    assert ratio_of_means_ci95([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]) == (2.0, 2.0, 2.0)
+    # A pair missing either value is left out; one pair has no interval.
+    assert ratio_of_means_ci95([1.0, math.nan, 3.0], [2.0, 1.0, math.nan])[0] == 0.5
+    assert math.isnan(ratio_of_means_ci95([1.0], [2.0])[1])
+    assert format_ci95((0.5, 0.25, 0.75), 2) == "0.50 [0.25, 0.75]"

@@ -548,7 +548,7 @@ def read_results(path: Path) -> pd.DataFrame:
 
 def markdown(results: pd.DataFrame, config: StudyConfig) -> str:
     """Method x k tables: metrics, their ratio to the trained LoRA, and the condition-swap drop (95 % intervals over styles)."""
-    from autolora.stats import format_mean_ci95
+    from autolora.stats import format_ci95, format_mean_ci95, ratio_of_means_ci95
 
     methods = [*UNTRAINED, *config.methods()]
     lines = [
@@ -571,11 +571,14 @@ def markdown(results: pd.DataFrame, config: StudyConfig) -> str:
                 ratio = (
                     ""
                     if method in UNTRAINED
-                    else format_mean_ci95(
-                        [
-                            row.style_similarity / trained.get((row.style, k, guidance), float("nan"))
-                            for row in group.itertuples()
-                        ]
+                    else format_ci95(
+                        ratio_of_means_ci95(
+                            group["style_similarity"],
+                            [
+                                trained.get((row.style, k, guidance), float("nan"))
+                                for row in group.itertuples()
+                            ],
+                        )
                     )
                 )
                 lines.append(
