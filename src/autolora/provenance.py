@@ -67,6 +67,8 @@ class BenchmarkRun:
 
     command: Sequence[str] = field(default_factory=lambda: list(sys.argv))
     start_load: str = field(default_factory=_load_average)
+    #: Taken at the start: the code that ran is the code imported then, whatever is committed meanwhile.
+    revision: str | None = field(default_factory=git_revision)
 
     def header(self, device: str = "cpu") -> list[str]:
         """Markdown bullet lines: date, machine, load, command, versions and revision."""
@@ -78,7 +80,7 @@ class BenchmarkRun:
             f"- machine: {cpu_name()}, {os.cpu_count()} cores visible; measured on {where}, "
             f"torch threads {torch.get_num_threads()}",
             f"- load average (1, 5, 15 min): {self.start_load} at the start, {_load_average()} at the end",
-            f"- command: `{shlex.join(['python', *self.command])}`; revision {git_revision() or 'unknown'}",
+            f"- command: `{shlex.join(['python', *self.command])}`; revision {self.revision or 'unknown'}",
             f"- versions: python {platform.python_version()}, "
             + ", ".join(f"{name} {version}" for name, version in package_versions().items()),
         ]
