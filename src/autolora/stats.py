@@ -42,8 +42,8 @@ def ratio_of_means_ci95(
 
     Unlike the mean of per-pair ratios, it stays stable when some denominators are near zero.
     """
-    pairs = np.array([(float(a), float(b)) for a, b in zip(numerators, denominators, strict=True)])
-    pairs = pairs[~np.isnan(pairs).any(axis=1)] if len(pairs) else pairs.reshape(0, 2)
+    pairs = np.array(list(zip(numerators, denominators, strict=True)), dtype=float).reshape(-1, 2)
+    pairs = pairs[~np.isnan(pairs).any(axis=1)]
     if not len(pairs):
         return math.nan, math.nan, math.nan
     ratio = float(pairs[:, 0].mean() / pairs[:, 1].mean())
