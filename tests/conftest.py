@@ -3,9 +3,12 @@
 from pathlib import Path
 
 import pytest
+import torch
+from diffusers import StableDiffusionPipeline
 
 import autolora.pipelines
 from autolora.testing import random_lora_file, tiny_pipeline
+from autolora.world import components
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +31,23 @@ def refuse_loading(monkeypatch):
         raise AssertionError("the model was loaded before the options were checked")
 
     monkeypatch.setattr(autolora.pipelines, "load_pipeline", fail)
+
+
+@pytest.fixture(scope="session")
+def random_world(tmp_path_factory):
+    """The world's components at tiny sizes with random weights, saved like the shipped pipeline."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    torch.manual_seed(0)
+    tokenizer = components.build_tokenizer(folder / "tok")
+    pipeline = StableDiffusionPipeline(
+        vae=components.build_vae(components.TINY),
+        text_encoder=components.build_text_encoder(tokenizer, components.TINY),
+        tokenizer=tokenizer,
+        unet=components.build_unet(components.TINY),
+        scheduler=components.build_sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder)
+    return folder

@@ -9,30 +9,9 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from autolora.errors import ConfigError, InputFileError
-from autolora.world import components
 from autolora.world.lora import read_image_folder, train_lora, train_lora_bank
 from autolora.world.lora_config import LoRATrainingConfig
 from autolora.world.styles import get_style, sample_style
-
-
-@pytest.fixture(scope="module")
-def random_world(tmp_path_factory):
-    """The world's components at tiny sizes with random weights, saved like the shipped pipeline."""
-    folder = tmp_path_factory.mktemp("pipeline")
-    torch.manual_seed(0)
-    tokenizer = components.build_tokenizer(folder / "tok")
-    pipeline = StableDiffusionPipeline(
-        vae=components.build_vae(components.TINY),
-        text_encoder=components.build_text_encoder(tokenizer, components.TINY),
-        tokenizer=tokenizer,
-        unet=components.build_unet(components.TINY),
-        scheduler=components.build_sample_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(folder)
-    return folder
 
 
 def _train(folder, out, seed, steps=2, **extra):

@@ -13,7 +13,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,34 +59,47 @@ class Schedule:
     weight_decay: float = 1e-2
 
 
+def clip_total_norm(parameters: list[nn.Parameter], max_norm: float = 1.0) -> None:
+    """Scale all gradients together so that their joint norm is at most ``max_norm``."""
+    torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+
 def run_stage(
     name: str,
     modules: dict[str, nn.Module],
     parameters: Iterable[nn.Parameter],
-    loss_fn: Callable[[torch.Generator], torch.Tensor],
+    loss_fn: Callable[[torch.Generator], torch.Tensor] | Callable[[list[torch.Generator]], torch.Tensor],
     schedule: Schedule,
     *,
-    seed: int,
+    seed: int | Sequence[int],
     checkpoint: Path | None = None,
     ema: EMAModel | None = None,
+    clip: Callable[[list[nn.Parameter]], None] = clip_total_norm,
 ) -> StageResult:
     """Train ``modules`` on ``loss_fn`` as ``schedule`` says, resuming from ``checkpoint`` if present.
 
     With a warm-up the learning rate warms up and then decays (``learning_rate_factor``); without, it
-    stays constant.
+    stays constant. With a sequence of seeds ``loss_fn`` gets one generator per seed (models trained
+    side by side, each drawing what it would draw alone); ``clip`` bounds the gradients before each
+    step.
     """
     steps, learning_rate, weight_decay = schedule.steps, schedule.learning_rate, schedule.weight_decay
     warmup, checkpoint_every = min(schedule.warmup, steps), schedule.checkpoint_every
     parameters = list(parameters)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
+    generators = [torch.Generator().manual_seed(s) for s in ([seed] if isinstance(seed, int) else seed)]
+    draws = generators[0] if isinstance(seed, int) else generators
     start, spent_cpu, spent_wall, loss_value = 0, 0.0, 0.0, float("nan")
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False, map_location=parameters[0].device)
         for key, module in modules.items():
             module.load_state_dict(state["modules"][key])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"].cpu())
+        saved = state["generator"]
+        for generator, generator_state in zip(
+            generators, [saved] if isinstance(seed, int) else saved, strict=True
+        ):
+            generator.set_state(generator_state.cpu())
         if ema is not None:
             ema.load_state_dict(state["ema"])
         start, spent_cpu, spent_wall = state["step"], state["cpu_seconds"], state["wall_seconds"]
@@ -100,10 +113,10 @@ def run_stage(
         if warmup:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate * learning_rate_factor(step, steps, warmup)
-        loss = loss_fn(generator)
+        loss = loss_fn(draws)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        clip(parameters)
         optimizer.step()
         if ema is not None:
             ema.step(parameters)
@@ -120,7 +133,11 @@ def run_stage(
                 state = {
                     "modules": {key: module.state_dict() for key, module in modules.items()},
                     "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
+                    "generator": (
+                        generators[0].get_state()
+                        if isinstance(seed, int)
+                        else [generator.get_state() for generator in generators]
+                    ),
                     "ema": ema.state_dict() if ema is not None else None,
                     "step": done,
                     "cpu_seconds": cpu,

@@ -58,6 +58,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="S",
         help="initialise every LoRA from seed S (a bank for a prior over raw factors); default: one seed per style",
     )
+    bank.add_argument(
+        "--together",
+        type=int,
+        default=8,
+        metavar="N",
+        help="LoRAs trained side by side in one batch, faster on a CPU (default: %(default)s)",
+    )
     _add_lora_options(bank)
     return parser
 
@@ -110,12 +117,17 @@ def run(args: argparse.Namespace) -> int:
     from autolora.world.lora import train_lora_bank
     from autolora.world.styles import get_style, random_style_names
 
-    if args.images < 1 or (args.random is not None and args.random < 1):
-        raise ConfigError(f"--images and --random must be at least 1, got {args.images} and {args.random}")
+    if args.images < 1 or args.together < 1 or (args.random is not None and args.random < 1):
+        raise ConfigError(
+            f"--images, --together and --random must be at least 1, got {args.images}, {args.together}"
+            f" and {args.random}"
+        )
     names = args.styles or random_style_names(range(args.random))
     for name in names:
         get_style(name)
     pipeline = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None)
-    index = train_lora_bank(pipeline, names, args.out, config, args.images, args.seed, args.init_seed)
+    index = train_lora_bank(
+        pipeline, names, args.out, config, args.images, args.seed, args.init_seed, args.together
+    )
     print(f"{args.out}: {len(index)} of {len(names)} LoRAs trained (index.json)")
     return 0

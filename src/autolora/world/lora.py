@@ -98,6 +98,18 @@ class EncodedImages:
     hidden_states: torch.Tensor
     scaling: float
 
+    def batch(
+        self, size: int, noise_schedule: DDPMScheduler, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``size`` images drawn with ``generator``, noised (``training.noised``): the noisy latents, their
+        timesteps, the captions' hidden states and the denoiser's target."""
+        index = torch.randint(len(self.latent_mean), (size,), generator=generator)
+        latents = training.draw_latents(
+            self.latent_mean[index], self.latent_std[index], self.scaling, generator
+        )
+        noisy, timesteps, target = training.noised(noise_schedule, latents, generator)
+        return noisy, timesteps, self.hidden_states[index], target
+
 
 @torch.no_grad()
 def encode_images(
@@ -130,12 +142,24 @@ def save_lora(
     unet: UNet2DConditionModel, out_file: Path, config: LoRATrainingConfig, kohya_file: Path | None = None
 ) -> None:
     """Write the UNet's ``default`` adapter in diffusers format and, with ``kohya_file``, with kohya keys."""
-    peft_state = get_peft_model_state_dict(unet)
+    metadata = unet.peft_config["default"].to_dict()
+    write_lora(get_peft_model_state_dict(unet), metadata, out_file, config, kohya_file)
+
+
+def write_lora(
+    peft_state: dict[str, torch.Tensor],
+    metadata: dict,
+    out_file: Path,
+    config: LoRATrainingConfig,
+    kohya_file: Path | None = None,
+) -> None:
+    """Write a UNet LoRA given by its peft state dict (``<module>.lora_A.weight`` / ``lora_B``) and its
+    ``LoraConfig`` as a dict, in diffusers format and, with ``kohya_file``, with kohya keys."""
     StableDiffusionPipeline.save_lora_weights(
         out_file.parent,
         unet_lora_layers=convert_state_dict_to_diffusers(peft_state),
         weight_name=out_file.name,
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        unet_lora_adapter_metadata=metadata,
     )
     if kohya_file is not None:
         prefixed = {f"unet.{key}": value for key, value in peft_state.items()}
@@ -186,11 +210,8 @@ def train_lora(
     trainable = add_lora(unet, config)
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(len(images), (config.batch_size,), generator=generator)
-        latents = training.draw_latents(
-            encoded.latent_mean[index], encoded.latent_std[index], encoded.scaling, generator
-        )
-        return training.denoising_loss(unet, noise_schedule, latents, encoded.hidden_states[index], generator)
+        noisy, timesteps, hidden_states, target = encoded.batch(config.batch_size, noise_schedule, generator)
+        return torch.nn.functional.mse_loss(unet(noisy, timesteps, hidden_states).sample, target)
 
     out_file, kohya_file = Path(out_file), Path(kohya_file) if kohya_file is not None else None
     state_file = out_file.with_name(out_file.name + ".ckpt")
@@ -240,38 +261,65 @@ def world_lora_prompt(style_name: str) -> str:
     return f"a {style.trigger}" if style.kind == "character" else f"a seven in {style.trigger} style"
 
 
-def _train_bank_entry(
+def _train_bank_group(
     pipeline: StableDiffusionPipeline,
-    name: str,
+    group: list[tuple[int, str]],
     out_dir: Path,
     config: LoRATrainingConfig,
     images: int,
-    data_seed: int,
-) -> dict:
-    """Train the LoRA of style ``name`` into ``out_dir`` and return its index entry."""
-    style = get_style(name)
-    samples = sample_style(style, images, data_seed)
-    kohya_file = out_dir / f"{name}-kohya.safetensors" if name == KOHYA_LORA else None
-    result = train_lora(
-        pipeline,
-        [s.image for s in samples],
-        [s.caption for s in samples],
-        out_dir / f"{name}.safetensors",
-        config,
-        kohya_file=kohya_file,
-    )
-    return {
-        "kind": style.kind,
-        "style": name,
-        "digit": style.digit,
-        "trigger": style.trigger,
-        "prompt": world_lora_prompt(name),
-        "description": style.description,
-        "training": {**asdict(config), "images": images, "data_seed": data_seed},
-        "final_loss": round(result.final_loss, 5),
-        "cpu_seconds": round(result.cpu_seconds, 1),
-        "wall_seconds": round(result.wall_seconds, 1),
-    }
+    seed: int,
+    init_seed: int | None,
+) -> None:
+    """Train the LoRAs of ``group`` (each style's place in the bank's list and name) side by side into
+    ``out_dir`` and write each one's entry, ``<name>.json``; see ``train_lora_bank`` for the seeds."""
+    from autolora.world.lora_batch import train_lora_batch  # it builds on this module
+
+    configs = [replace(config, seed=seed + offset if init_seed is None else init_seed) for offset, _ in group]
+    data_seeds = [seed + 100 + offset for offset, _ in group]
+    renders = [
+        sample_style(name, images, data_seed) for (_, name), data_seed in zip(group, data_seeds, strict=True)
+    ]
+    files = [out_dir / f"{name}.safetensors" for _, name in group]
+    kohya = [out_dir / f"{name}-kohya.safetensors" if name == KOHYA_LORA else None for _, name in group]
+    datasets = [([s.image for s in samples], [s.caption for s in samples]) for samples in renders]
+    if len(group) == 1:
+        result = train_lora(pipeline, *datasets[0], files[0], configs[0], kohya_file=kohya[0])
+    else:
+        # Named after its members, so a resumed group continues only its own state.
+        members = zlib.crc32(",".join(name for _, name in group).encode())
+        state_file = out_dir / f"group-{members:08x}.ckpt"
+        result = train_lora_batch(
+            pipeline, datasets, files, configs, state_file=state_file, kohya_files=kohya
+        )
+    for (_, name), lora_config, data_seed in zip(group, configs, data_seeds, strict=True):
+        style = get_style(name)
+        entry = {
+            "kind": style.kind,
+            "style": name,
+            "digit": style.digit,
+            "trigger": style.trigger,
+            "prompt": world_lora_prompt(name),
+            "description": style.description,
+            "training": {**asdict(lora_config), "images": images, "data_seed": data_seed},
+            # A group's loss and time are shared out evenly among its LoRAs.
+            "final_loss": round(result.final_loss / len(group), 5),
+            "cpu_seconds": round(result.cpu_seconds / len(group), 1),
+            "wall_seconds": round(result.wall_seconds / len(group), 1),
+            "trained_together": len(group),
+        }
+        training.write_json(out_dir / f"{name}.json", entry)
+
+
+def _claim_group(style_names: list[str], out_dir: Path, size: int) -> list[tuple[int, str]]:
+    """Up to ``size`` styles of the list that are neither finished nor held by another live worker,
+    claimed for this one (``<name>.lock``), with their places in the list."""
+    group = []
+    for offset, name in enumerate(style_names):
+        if len(group) == size:
+            break
+        if not (out_dir / f"{name}.json").exists() and claim(out_dir / f"{name}.lock"):
+            group.append((offset, name))
+    return group
 
 
 def train_lora_bank(
@@ -282,25 +330,26 @@ def train_lora_bank(
     images: int,
     seed: int,
     init_seed: int | None = None,
+    together: int = 1,
 ) -> dict[str, dict]:
     """One LoRA per style (named or ``random-<seed>``) into ``out_dir``, described in ``index.json``.
 
     Style ``i`` of the list trains on ``images`` renders drawn with seed ``seed + 100 + i`` and
     initialises its LoRA with seed ``seed + i``, or with ``init_seed`` for every style: LoRAs of one
     initialisation differ only by what training put in them, so a prior can compare them factor by
-    factor (``build_bank(..., canonical=False)``). Each finished LoRA leaves ``<name>.json`` beside its
-    file, so a rerun skips it (resumable); a style being trained is claimed by ``<name>.lock``, so
-    several processes can train one bank in parallel. Returns the index of every finished LoRA.
+    factor (``build_bank(..., canonical=False)``). ``together`` LoRAs train side by side in one batch
+    (``autolora.world.lora_batch``: the same LoRAs, in less time on a CPU). Each finished LoRA leaves
+    ``<name>.json`` beside its file, so a rerun skips it (resumable); a style being trained is claimed
+    by ``<name>.lock``, so several processes can train one bank in parallel. Returns the index of every
+    finished LoRA.
     """
+    if together < 1:
+        raise ConfigError(f"LoRAs trained together must be at least 1, got {together}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for offset, name in enumerate(style_names):
-        entry_path, lock = out_dir / f"{name}.json", out_dir / f"{name}.lock"
-        if entry_path.exists() or not claim(lock):
-            continue
-        lora_config = replace(config, seed=seed + offset if init_seed is None else init_seed)
-        entry = _train_bank_entry(pipeline, name, out_dir, lora_config, images, seed + 100 + offset)
-        training.write_json(entry_path, entry)
-        lock.unlink()
+    while group := _claim_group(style_names, out_dir, together):
+        _train_bank_group(pipeline, group, out_dir, config, images, seed, init_seed)
+        for _, name in group:
+            (out_dir / f"{name}.lock").unlink()
     index = {}
     for name in style_names:
         if (out_dir / f"{name}.json").exists():

@@ -49,6 +49,22 @@ def prediction_target(
     raise ConfigError(f"denoising loss: prediction type {kind!r} is not supported (epsilon, v_prediction)")
 
 
+def noised(
+    noise_schedule: DDPMScheduler, latents: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DDPM's forward process on ``latents``: ``(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, target)``.
+
+    Timesteps are uniform over the training schedule; the target is what the denoiser predicts
+    (``prediction_target``). The noise, then the timesteps, are drawn from ``generator``.
+    """
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    timesteps = torch.randint(
+        noise_schedule.config.num_train_timesteps, (len(latents),), generator=generator
+    ).to(latents.device)
+    target = prediction_target(noise_schedule, latents, noise, timesteps)
+    return noise_schedule.add_noise(latents, noise, timesteps), timesteps, target
+
+
 def denoising_loss(
     unet: Callable[..., Any],
     noise_schedule: DDPMScheduler,
@@ -58,18 +74,13 @@ def denoising_loss(
 ) -> torch.Tensor:
     """DDPM's loss ``|| target - f_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, c) ||^2``.
 
-    The target is ``eps`` or the velocity (``prediction_target``); timesteps are uniform over the
-    training schedule; ``hidden_states`` are the text encoder's outputs ``c``, as Stable Diffusion
-    conditions its UNet. ``unet`` is the UNet or any callable with its signature and output.
+    The noised latents, timesteps and target come from ``noised``; ``hidden_states`` are the text
+    encoder's outputs ``c``, as Stable Diffusion conditions its UNet. ``unet`` is the UNet or any
+    callable with its signature and output.
     """
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    timesteps = torch.randint(
-        noise_schedule.config.num_train_timesteps, (len(latents),), generator=generator
-    ).to(latents.device)
-    prediction = unet(noise_schedule.add_noise(latents, noise, timesteps), timesteps, hidden_states).sample
-    return torch.nn.functional.mse_loss(
-        prediction, prediction_target(noise_schedule, latents, noise, timesteps)
-    )
+    noisy, timesteps, target = noised(noise_schedule, latents, generator)
+    prediction = unet(noisy, timesteps, hidden_states).sample
+    return torch.nn.functional.mse_loss(prediction, target)
 
 
 def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:
