@@ -119,3 +119,19 @@ def test_train_bank_cli_takes_together(random_world, tmp_path, capsys):
     assert main(["world", "train-bank", str(tmp_path), "--random", "3", "--together", "3", *options]) == 0
     index = json.loads((tmp_path / "index.json").read_text())
     assert [index[f"random-{i}"]["trained_together"] for i in range(3)] == [3, 3, 3]
+
+
+def test_bank_groups_are_fixed_runs_of_the_list_and_a_held_group_is_skipped(pipeline, tmp_path):
+    import os
+
+    config = LoRATrainingConfig(steps=1, batch_size=1)
+    names = ["random-1", "random-2", "random-3", "random-4", "random-5"]
+    (tmp_path / "random-2.lock").write_text(str(os.getpid()))  # another live worker holds the first group
+    train_lora_bank(pipeline, names, tmp_path, config, images=1, seed=0, together=2)
+    entries = {path.stem: json.loads(path.read_text()) for path in tmp_path.glob("random-*.json")}
+    assert {name: entry["trained_together"] for name, entry in entries.items()} == {
+        "random-3": 2,
+        "random-4": 2,
+        "random-5": 1,
+    }
+    assert not (tmp_path / "random-1.lock").exists()  # claimed while trying the first group, then let go

@@ -311,15 +311,18 @@ def _train_bank_group(
 
 
 def _claim_group(style_names: list[str], out_dir: Path, size: int) -> list[tuple[int, str]]:
-    """Up to ``size`` styles of the list that are neither finished nor held by another live worker,
-    claimed for this one (``<name>.lock``), with their places in the list."""
-    group = []
-    for offset, name in enumerate(style_names):
-        if len(group) == size:
-            break
-        if not (out_dir / f"{name}.json").exists() and claim(out_dir / f"{name}.lock"):
-            group.append((offset, name))
-    return group
+    """The unfinished styles of the first group of ``size`` consecutive styles of the list that has
+    some and that no other live worker holds, each claimed for this worker (``<name>.lock``), with
+    their places in the list. Fixed groups: a bank trains the same LoRAs however many workers share it."""
+    for start in range(0, len(style_names), size):
+        members = enumerate(style_names[start : start + size], start)
+        group = [(offset, name) for offset, name in members if not (out_dir / f"{name}.json").exists()]
+        claimed = [name for _, name in group if claim(out_dir / f"{name}.lock")]
+        if group and len(claimed) == len(group):
+            return group
+        for name in claimed:
+            (out_dir / f"{name}.lock").unlink()
+    return []
 
 
 def train_lora_bank(
@@ -337,8 +340,9 @@ def train_lora_bank(
     Style ``i`` of the list trains on ``images`` renders drawn with seed ``seed + 100 + i`` and
     initialises its LoRA with seed ``seed + i``, or with ``init_seed`` for every style: LoRAs of one
     initialisation differ only by what training put in them, so a prior can compare them factor by
-    factor (``build_bank(..., canonical=False)``). ``together`` LoRAs train side by side in one batch
-    (``autolora.world.lora_batch``: the same LoRAs, in less time on a CPU). Each finished LoRA leaves
+    factor (``build_bank(..., canonical=False)``). Groups of ``together`` consecutive styles of the list
+    train side by side in one batch (``autolora.world.lora_batch``: the same LoRAs, in less time on a
+    CPU); the groups are fixed, so the bank does not depend on how many workers train it. Each finished LoRA leaves
     ``<name>.json`` beside its file, so a rerun skips it (resumable); a style being trained is claimed
     by ``<name>.lock``, so several processes can train one bank in parallel. Returns the index of every
     finished LoRA.
