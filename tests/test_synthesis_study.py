@@ -221,3 +221,42 @@ def test_bank_build_command_encodes_world_renders_and_excludes_held_out_styles(i
     assert "--world-renders needs" in capsys.readouterr().err
     assert autolora([*command, "--encoder", ENCODER, "--world-renders", "2", "--exclude", HELD_OUT]) == 0
     torch.testing.assert_close(Bank.open(out).conditions, bank.conditions)
+
+
+def test_targets_read_zero_shot_pclora_and_prior_pairs_off_the_results():
+    import pandas as pd
+
+    from autolora.synthesis.study import markdown, verdict, versus
+
+    config = StudyConfig(held_out=["a"], ks=(4,), pclora_steps=(50,), priors={"fast": "x", "slow": "y"})
+    similarity = {"trained": 0.9, "pclora@50": 0.95, "prior:fast": 0.81, "prior:slow": 0.3, "nearest": 0.5}
+    seconds = {"prior:fast": 0.02, "prior:slow": 1.5}
+    rows = []
+    for index, style in enumerate(["s1", "s2", "s3", "s4"]):
+        for method, value in similarity.items():
+            rows.append(
+                {
+                    "style": style,
+                    "k": 4,
+                    "method": method,
+                    "guidance": "cfg",
+                    "steps": 0,
+                    "seconds": seconds.get(method, 1.0),
+                    "cpu_seconds": seconds.get(method, 1.0),
+                    "style_similarity": value + 0.01 * index,
+                    "swap_similarity": 0.0,
+                    "fd_ratio": 1.0,
+                    "digit_score": 1.0,
+                    "diversity": 0.1,
+                }
+            )
+    results = pd.DataFrame(rows)
+    ratio = versus(results, "prior:fast", "trained", 4)
+    assert ratio[0] == pytest.approx(0.825 / 0.915) and verdict(ratio, 0.8) == "met"
+    assert verdict(versus(results, "prior:slow", "trained", 4), 0.8) == "missed"
+    assert verdict((0.85, 0.7, 0.9), 0.8) == "undecided"
+    table = markdown(results, config)
+    assert "| prior:fast | 4 | 0.020 (0.020) | 0.020 | yes | 0.902 [" in table and "| met |" in table
+    assert "| prior:slow | 4 | 1.500 (1.500) | 1.500 | no | 0.344 [" in table and "| missed |" in table
+    assert "| pclora@50 | 4 | 10% | 1.055 [" in table
+    assert "| prior:fast / prior:slow | 4 | 2.619 [" in table
