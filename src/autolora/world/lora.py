@@ -170,6 +170,14 @@ def write_lora(
         save_file(to_kohya_state_dict(prefixed, alphas), str(kohya_file))
 
 
+def check_captions(images: list[Image.Image], captions: list[str]) -> None:
+    """Refuse training data without images or without one caption per image."""
+    if len(images) != len(captions) or not images:
+        raise ConfigError(
+            f"LoRA training needs one caption per image, got {len(images)} images, {len(captions)}"
+        )
+
+
 def train_lora(
     pipeline: str | Path | StableDiffusionPipeline,
     images: list[Image.Image],
@@ -190,10 +198,7 @@ def train_lora(
     """
     config = config or LoRATrainingConfig()
     checkpoints = {steps: Path(file) for steps, file in (checkpoints or {}).items()}
-    if len(images) != len(captions) or not images:
-        raise ConfigError(
-            f"LoRA training needs one caption per image, got {len(images)} images, {len(captions)}"
-        )
+    check_captions(images, captions)
     if not all(0 < steps < config.steps for steps in checkpoints):
         raise ConfigError(
             f"checkpoint step counts must lie in 1 .. {config.steps - 1}, got {sorted(checkpoints)}"

@@ -25,7 +25,7 @@ from torch import nn
 
 from autolora.errors import ConfigError
 from autolora.training import Schedule, StageResult, run_stage
-from autolora.world.lora import add_lora, encode_images, write_lora
+from autolora.world.lora import add_lora, check_captions, encode_images, write_lora
 from autolora.world.lora_config import LoRATrainingConfig
 
 #: Steps between the group's checkpoints: a group trains for minutes, so an interruption costs little.
@@ -65,6 +65,12 @@ def initial_factors(
     twin = copy.deepcopy(unet)
     add_lora(twin, config)
     return get_peft_model_state_dict(twin), twin.peft_config["default"].to_dict()
+
+
+def frozen_layer(unet: UNet2DConditionModel, name: str) -> nn.Module:
+    """The linear layer at ``name``; once an adapter was added, peft's wrapper holds it as ``base_layer``."""
+    module = unet.get_submodule(name)
+    return getattr(module, "base_layer", module)
 
 
 @contextmanager
@@ -108,10 +114,7 @@ def train_lora_batch(
     if any(replace(other, seed=config.seed) != config for other in configs):
         raise ConfigError("LoRAs trained together must share every setting but their seed")
     for images, captions in datasets:
-        if len(images) != len(captions) or not images:
-            raise ConfigError(
-                f"LoRA training needs one caption per image, got {len(images)} images, {len(captions)}"
-            )
+        check_captions(images, captions)
     pipeline.vae.requires_grad_(False)
     pipeline.text_encoder.requires_grad_(False)
     unet = pipeline.unet
@@ -125,9 +128,7 @@ def train_lora_batch(
     scaling = (config.alpha or config.rank) / config.rank
     stacks = {
         name: StackedLoRA(
-            getattr(
-                unet.get_submodule(name), "base_layer", unet.get_submodule(name)
-            ),  # a peft wrapper's layer
+            frozen_layer(unet, name),
             torch.stack([state[f"{name}.lora_A.weight"] for state, _ in initial]),
             torch.stack([state[f"{name}.lora_B.weight"] for state, _ in initial]),
             scaling,
