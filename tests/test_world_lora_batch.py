@@ -87,6 +87,9 @@ def test_a_group_refuses_configurations_that_differ_beyond_the_seed(pipeline, tm
         train_lora_batch(pipeline, [_data("neon", 2)] * 2, files, configs)
     with pytest.raises(ConfigError, match="one file and one configuration per data set"):
         train_lora_batch(pipeline, [_data("neon", 2)], files, configs)
+    images, captions = _data("neon", 2)
+    with pytest.raises(ConfigError, match="one caption per image, got 2 images, 1"):
+        train_lora_batch(pipeline, [(images, captions[:1])] * 2, files, [configs[0]] * 2)
 
 
 def test_bank_trains_in_groups_the_loras_it_trains_one_by_one(pipeline, tmp_path):
