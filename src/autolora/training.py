@@ -87,8 +87,9 @@ def run_stage(
     warmup, checkpoint_every = min(schedule.warmup, steps), schedule.checkpoint_every
     parameters = list(parameters)
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
-    generators = [torch.Generator().manual_seed(s) for s in ([seed] if isinstance(seed, int) else seed)]
-    draws = generators[0] if isinstance(seed, int) else generators
+    single = isinstance(seed, int)  # one generator, passed and checkpointed as itself
+    generators = [torch.Generator().manual_seed(s) for s in ([seed] if single else seed)]
+    draws = generators[0] if single else generators
     start, spent_cpu, spent_wall, loss_value = 0, 0.0, 0.0, float("nan")
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False, map_location=parameters[0].device)
@@ -96,9 +97,7 @@ def run_stage(
             module.load_state_dict(state["modules"][key])
         optimizer.load_state_dict(state["optimizer"])
         saved = state["generator"]
-        for generator, generator_state in zip(
-            generators, [saved] if isinstance(seed, int) else saved, strict=True
-        ):
+        for generator, generator_state in zip(generators, [saved] if single else saved, strict=True):
             generator.set_state(generator_state.cpu())
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -134,9 +133,7 @@ def run_stage(
                     "modules": {key: module.state_dict() for key, module in modules.items()},
                     "optimizer": optimizer.state_dict(),
                     "generator": (
-                        generators[0].get_state()
-                        if isinstance(seed, int)
-                        else [generator.get_state() for generator in generators]
+                        generators[0].get_state() if single else [g.get_state() for g in generators]
                     ),
                     "ema": ema.state_dict() if ema is not None else None,
                     "step": done,

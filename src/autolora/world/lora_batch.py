@@ -76,17 +76,14 @@ def frozen_layer(unet: UNet2DConditionModel, name: str) -> nn.Module:
 @contextmanager
 def stacked_into(unet: UNet2DConditionModel, stacks: dict[str, StackedLoRA]) -> Iterator[None]:
     """``unet`` with the module at each name of ``stacks`` replaced by its stack, put back on exit."""
-    originals = {}
+    originals = {name: unet.get_submodule(name) for name in stacks}
     for name, stack in stacks.items():
-        parent, _, child = name.rpartition(".")
-        originals[name] = unet.get_submodule(parent)._modules[child]
-        unet.get_submodule(parent)._modules[child] = stack
+        unet.set_submodule(name, stack)
     try:
         yield
     finally:
         for name, original in originals.items():
-            parent, _, child = name.rpartition(".")
-            unet.get_submodule(parent)._modules[child] = original
+            unet.set_submodule(name, original)
 
 
 def train_lora_batch(
@@ -121,7 +118,9 @@ def train_lora_batch(
     unet.requires_grad_(False)
     encoded = [encode_images(pipeline, images, captions) for images, captions in datasets]
     noise_schedule = DDPMScheduler.from_config(pipeline.scheduler.config)
-    initial = [initial_factors(unet, each) for each in configs]
+    # LoRAs of one bank often share their initialisation (``--init-seed``): make each one once.
+    by_seed = {each.seed: initial_factors(unet, each) for each in configs}
+    initial = [by_seed[each.seed] for each in configs]
     names = sorted(
         key.removesuffix(".lora_A.weight") for key in initial[0][0] if key.endswith(".lora_A.weight")
     )
